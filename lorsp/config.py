@@ -1,0 +1,374 @@
+"""The study file: one YAML that describes a single training run *and* a search over it.
+
+Validation happens here, once, on load, so that every later layer (the training loop, the Ray
+trials, the exporter) can trust the values it gets. Every problem is reported as a single
+:class:`ConfigError` line that names the offending key and says how to fix it, because a
+traceback from deep inside a Ray worker ten minutes into a study is the worst possible place to
+learn about a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROMPT_METHODS = ("none", "pad", "lorvp", "lorsp", "spike_nvpt")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+
+
+class ConfigError(ValueError):
+    """A problem with a study file or an override, phrased as one line for the command line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(_Section):
+    """The frozen timm network the prompt adapts."""
+
+    model: str = "vit_tiny_patch16_224"
+    pretrained: bool = False
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = {}  # extra timm.create_model arguments, e.g. {patch_size: 4, depth: 4}
+
+
+class DataConfig(_Section):
+    dataset: str = "digits"
+    image_size: int = Field(32, ge=8, le=1024)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    seed: int = 0
+    max_train: int | None = Field(None, ge=1)
+    root: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+    augment: bool = True
+
+
+class PromptConfig(_Section):
+    """Knobs of every prompt method; each method reads only the ones it uses."""
+
+    method: str = "lorsp"
+    rank: int = Field(4, ge=1)
+    factors: int = Field(1, ge=1)
+    timesteps: int = Field(4, ge=1)
+    threshold: float = Field(0.5, gt=0.0)
+    decay: float = Field(0.5, gt=0.0, lt=1.0)
+    surrogate_slope: float = Field(4.0, gt=0.0)
+    pad_width: int = Field(4, ge=1)
+    noise_std: float = Field(0.1, ge=0.0)
+    low_rank: bool = False
+
+    @model_validator(mode="after")
+    def _known_method(self) -> "PromptConfig":
+        if self.method not in PROMPT_METHODS:
+            raise ValueError(_unknown("prompt.method", self.method, PROMPT_METHODS))
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(5, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.02, gt=0.0)
+    weight_decay: float = Field(1.0e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    warmup_epochs: int = Field(0, ge=0)
+    seed: int = 0
+    amp: bool = True  # bf16 autocast, only where CUDA is present
+    compile: bool = False  # torch.compile the frozen backbone
+    channels_last: bool = True  # only on CUDA
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: leave torch's default
+    eval_test_every_epoch: bool = False
+
+
+class SpaceParam(_Section):
+    """One searched knob: a numeric range or a list of choices, plus the value used when not searching."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+    default: Any = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SpaceParam":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical knob needs a non-empty `choices` list")
+            if self.default is not None and self.default not in self.choices:
+                raise ValueError(f"default {self.default!r} is not one of choices {self.choices}")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} knob needs `low` and `high`")
+        if self.low > self.high:
+            raise ValueError(f"empty range: low {self.low} > high {self.high}; swap them")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an int knob needs whole-number `low` and `high`")
+        if self.default is not None:
+            if not isinstance(self.default, (int, float)) or isinstance(self.default, bool):
+                raise ValueError(f"default {self.default!r} is not a number")
+            if not self.low <= self.default <= self.high:
+                raise ValueError(f"default {self.default} lies outside [{self.low}, {self.high}]")
+        return self
+
+    def value(self) -> Any:
+        """The value a single run uses: `default`, else the middle of the range or the first choice."""
+        if self.default is not None:
+            return int(self.default) if self.type == "int" else self.default
+        if self.type == "categorical":
+            return self.choices[0]
+        if self.log:
+            mid = (self.low * self.high) ** 0.5
+        else:
+            mid = (self.low + self.high) / 2
+        return int(round(mid)) if self.type == "int" else mid
+
+
+class Objective(_Section):
+    metric: str
+    mode: Literal["max", "min"]
+
+
+class SchedulerConfig(_Section):
+    type: Literal["asha", "none"] = "asha"
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class SearchConfig(_Section):
+    sampler: str = "tpe"
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    scheduler: SchedulerConfig | None = None
+
+    @model_validator(mode="after")
+    def _known_sampler(self) -> "SearchConfig":
+        if self.sampler not in SAMPLERS:
+            raise ValueError(_unknown("search.sampler", self.sampler, SAMPLERS))
+        return self
+
+
+class ResourcesConfig(_Section):
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    driver_cpus: float = Field(0.0, ge=0)  # the light Tune driver of each trial
+
+
+class TrackingConfig(_Section):
+    uri: str | None = None  # MLflow tracking URI; None: sqlite under `root`
+    storage: str | None = None  # Optuna RDB URI; None: sqlite under `root`
+    root: str = "lorsp-runs"  # where the embedded stores live
+
+
+METRICS = (
+    "val_acc", "test_acc", "train_acc", "loss", "prompt_density", "firing_rate",
+    "prompt_params", "trainable_params", "images_per_s",
+)
+DEFAULT_OBJECTIVES = [
+    Objective(metric="val_acc", mode="max"),
+    Objective(metric="prompt_density", mode="min"),
+    Objective(metric="trainable_params", mode="min"),
+]
+
+
+class StudyConfig(_Section):
+    name: str = "lorsp-study"
+    backbone: BackboneConfig = BackboneConfig()
+    data: DataConfig = DataConfig()
+    prompt: PromptConfig = PromptConfig()
+    train: TrainConfig = TrainConfig()
+    space: dict[str, SpaceParam] = {}
+    objectives: list[Objective] = Field(default_factory=lambda: list(DEFAULT_OBJECTIVES))
+    search: SearchConfig = SearchConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "StudyConfig":
+        for key in self.space:
+            space_target(key)  # raises on unknown knobs
+        for objective in self.objectives:
+            if objective.metric not in METRICS:
+                raise ValueError(_unknown("objectives.metric", objective.metric, METRICS))
+        if not self.objectives:
+            raise ValueError("objectives: list at least one {metric, mode}")
+        if self.search.scheduler and self.search.scheduler.metric not in METRICS:
+            raise ValueError(_unknown("search.scheduler.metric", self.search.scheduler.metric, METRICS))
+        return self
+
+    def with_params(self, params: dict[str, Any]) -> "StudyConfig":
+        """A copy with searched values applied (`rank` -> prompt.rank, `lr` -> train.lr, ...)."""
+        raw = self.model_dump()
+        for key, value in params.items():
+            section, field = space_target(key)
+            raw[section][field] = value
+        return _validate(raw)
+
+    def resolved(self) -> "StudyConfig":
+        """The single-run configuration: fixed settings plus every space knob's default."""
+        return self.with_params({k: p.value() for k, p in self.space.items()})
+
+
+# Sections a space knob may target, in lookup order for short names.
+_KNOB_SECTIONS = ("prompt", "train", "data")
+_KNOB_ALIASES = {"method": ("prompt", "method")}
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "backbone": BackboneConfig, "data": DataConfig, "prompt": PromptConfig, "train": TrainConfig,
+}
+
+
+def space_target(key: str) -> tuple[str, str]:
+    """Map a space key (`rank`, `lr`, `prompt.rank`) to the (section, field) it sets."""
+    if key in _KNOB_ALIASES:
+        return _KNOB_ALIASES[key]
+    if "." in key:
+        section, field = key.split(".", 1)
+        model = _SECTION_MODELS.get(section)
+        if model is not None and field in model.model_fields:
+            return section, field
+    else:
+        for section in _KNOB_SECTIONS:
+            if key in _SECTION_MODELS[section].model_fields:
+                return section, key
+    known = sorted(set(_KNOB_ALIASES) | {f for s in _KNOB_SECTIONS for f in _SECTION_MODELS[s].model_fields})
+    raise ValueError(_unknown("space", key, known, what="knob"))
+
+
+def _unknown(key: str, value: str, choices: Any, what: str = "value") -> str:
+    hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+    return f"unknown {what} '{value}' for {key}{suggestion}: choose one of {', '.join(map(str, choices))}"
+
+
+def _format_error(err: ValidationError) -> str:
+    """Reduce pydantic's multi-line report to its first problem, named by its dotted key."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    kind = first["type"]
+    msg = first["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        section = loc.rsplit(".", 1)[0] if "." in loc else ""
+        model = _SECTION_MODELS.get(section, StudyConfig if not section else None)
+        known = ", ".join(model.model_fields) if model else ""
+        return f"{loc}: unknown key; remove it or use one of: {known}"
+    if kind == "missing":
+        return f"{loc}: required key is missing; add it"
+    if "input" in first and kind not in ("value_error", "assertion_error"):
+        return f"{loc}: {msg} (got {first['input']!r}); fix the value in the study file or --set"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _validate(raw: dict[str, Any]) -> StudyConfig:
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=0.1` -> (['train', 'lr'], 0.1); the value is parsed as YAML so types come out right."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set train.lr=0.05")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set {text!r}: empty key; write section.key=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return path, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set` strings to a raw (unvalidated) study dict.
+
+    A key that names a space knob (`--set space.rank.default=8`) or a plain setting
+    (`--set prompt.rank=8`) works; the latter also removes that knob from `space`, because a user
+    who pins a value on the command line expects it to be used rather than the knob's default.
+    """
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+        if len(path) == 2 and path[0] != "space":
+            for knob in list((raw.get("space") or {}).keys()):
+                try:
+                    target = space_target(knob)
+                except ValueError:
+                    continue
+                if target == (path[0], path[1]):
+                    del raw["space"][knob]
+    return raw
+
+
+def load_study(path: str | os.PathLike[str], overrides: list[str] | None = None) -> StudyConfig:
+    """Read, override and validate a study file, raising :class:`ConfigError` with one line."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{path}: no such study file; pass --config/--space with a path to a YAML file")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: malformed YAML ({problem}); fix the syntax") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the study file must be a mapping of sections (name, backbone, data, ...)")
+    raw = apply_overrides(raw, overrides or [])
+    if raw.get("space") is None:
+        raw.pop("space", None)
+    study = _validate(raw)
+    _check_names(study)
+    return study
+
+
+def _check_names(study: StudyConfig) -> None:
+    """Cheap checks against the libraries' registries, so a typo fails before any worker starts."""
+    from lorsp.data import DataError, validate_dataset_spec
+
+    try:
+        validate_dataset_spec(study.data.dataset)
+    except DataError as err:
+        raise ConfigError(f"data.dataset: {err}") from None
+    check_backbone_name(study.backbone.model)
+
+
+def check_backbone_name(name: str) -> None:
+    import timm
+
+    base = name.split(".", 1)[0]
+    if timm.is_model(base) or timm.is_model(name):
+        return
+    candidates = timm.list_models()
+    hint = difflib.get_close_matches(base, candidates, n=3, cutoff=0.6)
+    suggestion = f" (closest: {', '.join(hint)})" if hint else ""
+    raise ConfigError(
+        f"backbone.model: unknown timm model '{name}'{suggestion}; see timm.list_models() for names"
+    )

@@ -1,0 +1,291 @@
+"""One training run of a prompt + linear head on a frozen backbone.
+
+:func:`train_loop` is a plain function of a resolved config and a report callback, so the same code
+runs from the command line (`python -m lorsp.train`), inside a Ray Train worker (which passes a
+callback that forwards to `ray.train.report`) and in tests. It knows nothing of Ray, MLflow or
+Optuna; distributed data parallelism comes from `torch.distributed` when a process group exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import Tensor, nn
+
+from lorsp.config import ConfigError, StudyConfig, load_study
+from lorsp.data import BatchIterator, DataError, ImageSplit, Splits, load_splits
+from lorsp.model import PromptedClassifier, build_model
+
+STATE_FILE = "state.pt"
+PROMPT_FILE = "prompt.safetensors"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+
+ReportFn = Callable[[dict[str, float], "str | None"], None]
+"""Called on every rank after each epoch with the metrics and, on rank 0, a checkpoint folder that
+exists only for the duration of the call (copy it if you want to keep it)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run cannot continue and says how to fix it."""
+
+
+@dataclass
+class _Context:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    log: Callable[[str], None] = field(default=print)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _context(device: torch.device | str | None, verbose: bool) -> _Context:
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if device is None:
+        if torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        else:
+            device = torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    log = (lambda msg: print(msg, flush=True)) if (verbose and rank == 0) else (lambda msg: None)
+    return _Context(device=device, rank=rank, world_size=world, log=log)
+
+
+def _optimizer(model: PromptedClassifier, study: StudyConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = study.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _shard(split: ImageSplit, rank: int, world: int) -> ImageSplit:
+    """An exact, unpadded shard for evaluation (padding would count some images twice)."""
+    if world == 1:
+        return split
+    return ImageSplit(images=split.images[rank::world], labels=split.labels[rank::world])
+
+
+@torch.no_grad()
+def evaluate(model: PromptedClassifier, batches: Iterator[tuple[Tensor, Tensor]], ctx: _Context,
+             amp: bool) -> dict[str, float]:
+    """Accuracy and prompt statistics over a split, summed across ranks with one all-reduce."""
+    model.eval()
+    totals = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # correct, seen, density, firing, batches
+    for x, y in batches:
+        with _autocast(ctx.device, amp):
+            logits = model(x)
+        stats = model.prompter.stats()
+        totals += torch.stack([
+            (logits.argmax(1) == y).sum().double(), torch.tensor(float(y.numel()), device=ctx.device, dtype=torch.float64),
+            stats["density"].double() * y.numel(), stats["firing_rate"].double() * y.numel(),
+            torch.tensor(1.0, device=ctx.device, dtype=torch.float64),
+        ])
+    if ctx.world_size > 1:
+        dist.all_reduce(totals)
+    correct, seen, density, firing, _ = totals.tolist()
+    seen = max(seen, 1.0)
+    return {"acc": correct / seen, "prompt_density": density / seen, "firing_rate": firing / seen}
+
+
+def _save_checkpoint(folder: Path, model: PromptedClassifier, optimizer: torch.optim.Optimizer,
+                     scheduler: Any, epoch: int, history: list[dict[str, float]], study: StudyConfig) -> None:
+    from safetensors.torch import save_file
+
+    trainable = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
+    save_file(trainable, str(folder / PROMPT_FILE))
+    torch.save({"epoch": epoch, "model": trainable, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history}, folder / STATE_FILE)
+    (folder / CONFIG_FILE).write_text(yaml.safe_dump(study.model_dump(), sort_keys=False))
+
+
+def train_loop(
+    study: StudyConfig,
+    report: ReportFn | None = None,
+    *,
+    splits: Splits | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+    device: torch.device | str | None = None,
+    verbose: bool = True,
+) -> dict[str, float]:
+    """Train `study` (already resolved: no searched knob left open) and return the final metrics.
+
+    `resume_from` is a checkpoint folder written by an earlier epoch (the one handed to `report`):
+    training continues after its epoch with the same optimizer and schedule state.
+    """
+    t = study.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    ctx = _context(device, verbose)
+    started = time.perf_counter()
+    torch.manual_seed(t.seed)
+    if splits is None:
+        d = study.data
+        splits = load_splits(d.dataset, image_size=d.image_size, val_fraction=d.val_fraction,
+                             test_fraction=d.test_fraction, seed=d.seed, max_train=d.max_train, root=d.root,
+                             image_column=d.image_column, label_column=d.label_column)
+    model = build_model(study, splits.num_classes).to(ctx.device)
+    if ctx.device.type == "cuda" and t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if t.compile:
+        model.backbone = torch.compile(model.backbone)
+    net: nn.Module = model
+    if ctx.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            broadcast_buffers=False,  # frozen backbone: nothing to keep in sync
+        )
+    size, bs = study.data.image_size, study.data.batch_size
+    train_batches = BatchIterator(splits.train, batch_size=bs, image_size=size, device=ctx.device, shuffle=True,
+                                  augment=study.data.augment, seed=study.data.seed, rank=ctx.rank,
+                                  world_size=ctx.world_size, drop_last=len(splits.train) > bs * ctx.world_size)
+    val_batches = BatchIterator(_shard(splits.val, ctx.rank, ctx.world_size), batch_size=2 * bs, image_size=size,
+                                device=ctx.device)
+    test_batches = BatchIterator(_shard(splits.test, ctx.rank, ctx.world_size), batch_size=2 * bs, image_size=size,
+                                 device=ctx.device)
+    optimizer = _optimizer(model, study)
+    steps_per_epoch = max(1, len(train_batches))
+    scheduler = _cosine(optimizer, t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch)
+    history: list[dict[str, float]] = []
+    first_epoch = 0
+    if resume_from is not None:
+        state = torch.load(Path(resume_from) / STATE_FILE, map_location=ctx.device, weights_only=False)
+        model.load_trainable_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        first_epoch = int(state["epoch"]) + 1
+        ctx.log(f"resumed from {resume_from} after epoch {first_epoch}")
+    prompt_params = model.prompter.num_prompt_params()
+    trainable_params = model.num_trainable_params()
+    ctx.log(
+        f"{study.prompt.method} on {study.backbone.model} | {splits.source} | train {len(splits.train)} "
+        f"val {len(splits.val)} test {len(splits.test)} | prompt params {prompt_params:,} "
+        f"trainable {trainable_params:,} | {ctx.device} x{ctx.world_size} | setup {time.perf_counter() - started:.1f}s"
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    metrics: dict[str, float] = history[-1] if history else {}
+    for epoch in range(first_epoch, t.epochs):
+        model.train()
+        train_batches.set_epoch(epoch)
+        sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss*n, correct, n
+        tick = time.perf_counter()
+        for x, y in train_batches:
+            with _autocast(ctx.device, t.amp):
+                logits = net(x)
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                sums += torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) == y).sum().double(),
+                                     torch.tensor(float(y.numel()), device=ctx.device, dtype=torch.float64)])
+        if ctx.world_size > 1:
+            dist.all_reduce(sums)
+        loss_sum, correct, seen = sums.tolist()  # the one host sync of the epoch
+        train_time = time.perf_counter() - tick
+        train_loss = loss_sum / max(seen, 1.0)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"loss became {train_loss} in epoch {epoch + 1}: lower train.lr (now {t.lr:g}) "
+                f"or prompt.threshold/surrogate_slope"
+            )
+        val = evaluate(model, iter(val_batches), ctx, t.amp)
+        is_last = epoch == t.epochs - 1
+        metrics = {
+            "epoch": float(epoch + 1), "loss": train_loss, "train_acc": correct / max(seen, 1.0),
+            "val_acc": val["acc"], "prompt_density": val["prompt_density"], "firing_rate": val["firing_rate"],
+            "prompt_params": float(prompt_params), "trainable_params": float(trainable_params),
+            "images_per_s": seen / max(train_time, 1e-9), "epoch_time_s": time.perf_counter() - tick,
+            "epochs": float(t.epochs), "finished": float(is_last),
+        }
+        if is_last or t.eval_test_every_epoch:
+            metrics["test_acc"] = evaluate(model, iter(test_batches), ctx, t.amp)["acc"]
+        history.append(metrics)
+        ctx.log(
+            f"epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  train_acc {metrics['train_acc']:.3f}  "
+            f"val_acc {val['acc']:.3f}  density {val['prompt_density']:.3f}  firing {val['firing_rate']:.3f}  "
+            f"{metrics['images_per_s']:.0f} img/s  {metrics['epoch_time_s']:.1f}s"
+            + (f"  test_acc {metrics['test_acc']:.3f}" if "test_acc" in metrics else "")
+        )
+        if report is not None:
+            if ctx.is_main:
+                with tempfile.TemporaryDirectory(prefix="lorsp-ckpt-") as folder:
+                    _save_checkpoint(Path(folder), model, optimizer, scheduler, epoch, history, study)
+                    report(metrics, folder)
+            else:
+                report(metrics, None)
+    if out_dir is not None and ctx.is_main:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _save_checkpoint(out, model, optimizer, scheduler, t.epochs - 1, history, study)
+        summary = dict(metrics, wall_time_s=time.perf_counter() - started)
+        (out / METRICS_FILE).write_text(json.dumps({"final": summary, "history": history}, indent=2))
+        ctx.log(f"wrote {out / METRICS_FILE}, {out / PROMPT_FILE}, {out / CONFIG_FILE}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lorsp.train",
+        description="Train one prompt on a frozen backbone from a study file (space knobs use their defaults).",
+    )
+    parser.add_argument("--config", required=True, help="study YAML, e.g. search_spaces/quickstart.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set prompt.method=lorvp (repeatable)")
+    parser.add_argument("--out", default=None, help="output folder (default: lorsp-runs/train/NAME-TIME)")
+    parser.add_argument("--resume", default=None, help="checkpoint folder to continue from")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    args = parser.parse_args(argv)
+    try:
+        study = load_study(args.config, args.overrides).resolved()
+        out = args.out or Path(study.tracking.root) / "train" / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        train_loop(study, out_dir=out, resume_from=args.resume, device=args.device, verbose=not args.quiet)
+    except (ConfigError, DataError, TrainingDiverged) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
