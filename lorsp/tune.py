@@ -1,0 +1,254 @@
+"""`python -m lorsp.tune`: a multi-objective search where every trial is a Ray Train run.
+
+One process drives the study: it starts (or attaches to) Ray, opens the Optuna study in its RDB
+storage, and runs a Ray Tune experiment whose searcher is OptunaSearch. Each Tune trial is a light
+driver that fits a `TorchTrainer`; the trainer's workers run :func:`lorsp.train.train_loop`
+unchanged, under DDP when a trial has several workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from lorsp.config import ConfigError, StudyConfig, load_study
+from lorsp.data import DataError
+from lorsp.pareto import TrialRecord
+
+# Ray imports are deferred to the functions that need them so `--help` and config errors are instant.
+
+
+# ---------------------------------------------------------------- inside the Ray Train workers
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: the core training loop plus Ray's report/checkpoint plumbing."""
+    import ray
+    import ray.train
+    import torch
+
+    from lorsp.train import TrainingDiverged, train_loop
+
+    study = StudyConfig.model_validate_json(config["study"])
+    if study.train.threads is None:
+        # One trial must not oversubscribe the cores that Ray gave to its neighbours.
+        study.train.threads = max(1, int(config["cpus_per_worker"]))
+    splits = ray.get(config["splits"][0]) if config.get("splits") else None
+
+    def report(metrics: dict[str, float], folder: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+        ray.train.report(dict(metrics), checkpoint=checkpoint)
+
+    checkpoint = ray.train.get_checkpoint()
+    try:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                train_loop(study, report, splits=splits, resume_from=folder, verbose=False)
+        else:
+            train_loop(study, report, splits=splits, verbose=False)
+    except TrainingDiverged as err:
+        # Deterministic: retrying from a checkpoint would diverge again, so report it and stop.
+        ray.train.report({"diverged": 1.0, "error": str(err)})
+    del torch
+
+
+# ---------------------------------------------------------------- one Tune trial = one Ray Train run
+def _trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_path: str) -> None:
+    """A Tune trial: resolve the sampled parameters and fit a TorchTrainer with them."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    study = StudyConfig.model_validate_json(study_json).with_params(params)
+    res = study.resources
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"study": study.model_dump_json(), "splits": splits_ref,
+                           "cpus_per_worker": res.cpus_per_worker},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
+            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{study.name}-{trial_id}",
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=2),  # a lost worker resumes from its checkpoint
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # no per-report chatter
+        ),
+    )
+    result = trainer.fit()
+    metrics = result.metrics or {}
+    if metrics.get("diverged"):
+        raise RuntimeError(str(metrics.get("error", "training diverged")))
+
+
+# ---------------------------------------------------------------- the driver
+def _searcher(study: StudyConfig, storage: Any) -> Any:
+    """OptunaSearch that also records, per trial, whether it ran its full budget."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from lorsp.search import EPOCHS_DONE, FULL_BUDGET, METRICS_PREFIX, TUNE_TRIAL_ID, create_sampler, distributions
+
+    class BudgetAwareOptunaSearch(OptunaSearch):
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None and trial_id not in self._completed_trials:
+                result = result or {}
+                ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+                ot_trial.set_user_attr(FULL_BUDGET, bool(result.get("finished")) and not error)
+                ot_trial.set_user_attr(EPOCHS_DONE, int(result.get("epoch", 0)))
+                for key in ("test_acc", "val_acc", "prompt_density", "firing_rate", "prompt_params",
+                            "trainable_params", "images_per_s", "loss"):
+                    if isinstance(result.get(key), (int, float)):
+                        ot_trial.set_user_attr(METRICS_PREFIX + key, float(result[key]))
+            # Ray tells Optuna COMPLETE whenever a failed trial had reported anything; a failure is a failure.
+            super().on_trial_complete(trial_id, None if error else result, error)
+
+    return BudgetAwareOptunaSearch(
+        space=distributions(study), metric=[o.metric for o in study.objectives],
+        mode=[o.mode for o in study.objectives], sampler=create_sampler(study),
+        study_name=study.name, storage=storage,
+    )
+
+
+def _scheduler(study: StudyConfig) -> Any:
+    s = study.search.scheduler
+    if s is None or s.type == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=study.train.epochs,
+                         grace_period=min(s.grace_period, study.train.epochs), reduction_factor=s.reduction_factor)
+
+
+def init_ray(address: str | None) -> None:
+    """Attach to a cluster (`--address`, or RAY_ADDRESS as set by `ray job submit`) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        print("starting an embedded local Ray (pass --address to use a cluster)", flush=True)
+    ray.init(address=address, logging_level="WARNING", log_to_driver=True,
+             runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}})
+
+
+def run_study(
+    study: StudyConfig,
+    *,
+    storage: str | None = None,
+    resume: bool = False,
+    address: str | None = None,
+    callbacks: list[Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[TrialRecord]:
+    """Run (or continue) the search and return every trial of the study, Pareto-ranked."""
+    import ray
+    from ray import tune
+
+    from lorsp.data import load_splits
+    from lorsp.progress import ProgressCallback
+    from lorsp.search import default_root, prepare_study, rdb_storage, storage_uri, trial_records
+
+    uri = storage_uri(study, storage)
+    optuna_storage = rdb_storage(uri)
+    done, todo = prepare_study(study, optuna_storage, resume)
+    searcher = _searcher(study, optuna_storage)  # builds the space: a bad space fails here, before Ray starts
+    if resume:
+        log(f"resuming study '{study.name}': {done} trials already finished, {todo} to run")
+    if todo == 0:
+        log(f"study '{study.name}' already has {done} of {study.search.num_samples} trials")
+        return trial_records(study, optuna_storage)
+
+    init_ray(address)
+    d = study.data
+    tick = time.perf_counter()
+    # Decode the data set once here and share it with every trial through the object store.
+    splits = load_splits(d.dataset, image_size=d.image_size, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                         seed=d.seed, max_train=d.max_train, root=d.root, image_column=d.image_column,
+                         label_column=d.label_column)
+    splits_ref = ray.put(splits)
+    log(f"data: {splits.source} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}) "
+        f"loaded in {time.perf_counter() - tick:.1f}s")
+
+    storage_path = str(default_root(study) / "ray")
+    # Wrapped in a list: a bare ObjectRef parameter would be fetched into every trial driver and then
+    # copied into each worker's config; the list keeps it a reference that workers `ray.get` locally.
+    trainable = tune.with_parameters(_trial, study_json=study.model_dump_json(), splits_ref=[splits_ref],
+                                     storage_path=storage_path)
+    # The trial driver only waits on its trainer: it asks for memory, not a CPU that a worker could use.
+    trainable = tune.with_resources(trainable, {"cpu": study.resources.driver_cpus, "memory": 256 * 1024**2})
+    progress = ProgressCallback(study, total=todo)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(study), num_samples=todo,
+                                    max_concurrent_trials=study.search.max_concurrent),
+        run_config=tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+                                  callbacks=[progress, *(callbacks or [])], verbose=0),
+    )
+    log(f"study '{study.name}': {todo} trials, {study.search.max_concurrent} at a time, sampler {study.search.sampler}, "
+        f"objectives {', '.join(f'{o.mode} {o.metric}' for o in study.objectives)}; storage {uri}")
+    tuner.fit()
+    return trial_records(study, optuna_storage)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lorsp.tune", description=__doc__.splitlines()[0])
+    parser.add_argument("--space", required=True, help="study YAML, e.g. search_spaces/quickstart.yaml")
+    parser.add_argument("--num-samples", type=int, help="total trials of the study (overrides search.num_samples)")
+    parser.add_argument("--max-concurrent", type=int, help="trials at a time (overrides search.max_concurrent)")
+    parser.add_argument("--name", help="study name = MLflow experiment = Optuna study (overrides name)")
+    parser.add_argument("--storage", help="Optuna RDB URI (default sqlite under tracking.root)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite under tracking.root)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted study of the same name")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the study file (repeatable)")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.num_samples is not None:
+        overrides.append(f"search.num_samples={args.num_samples}")
+    if args.max_concurrent is not None:
+        overrides.append(f"search.max_concurrent={args.max_concurrent}")
+    if args.name:
+        overrides.append(f"name={args.name}")
+    if args.tracking_uri:
+        overrides.append(f"tracking.uri={args.tracking_uri}")
+    try:
+        study = load_study(args.space, overrides)
+        callbacks = _tracking_callbacks(study)
+        records = run_study(study, storage=args.storage, resume=args.resume, address=args.address,
+                            callbacks=callbacks)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished trials are kept; continue with --resume", file=sys.stderr)
+        return 130
+    from lorsp.progress import print_pareto_table
+
+    print_pareto_table(study, records)
+    if records and all(r.state == "FAIL" for r in records):
+        print("error: every trial failed; see the trial errors above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tracking_callbacks(study: StudyConfig) -> list[Any]:
+    """MLflow recording, when lorsp.tracking is available (it plugs in as a Tune callback)."""
+    try:
+        from lorsp.tracking import tune_callbacks
+    except ImportError:
+        return []
+    return tune_callbacks(study)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
