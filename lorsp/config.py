@@ -346,6 +346,19 @@ def load_study(path: str | os.PathLike[str], overrides: list[str] | None = None)
         raw.pop("space", None)
     study = _validate(raw)
     _check_names(study)
+    return _absolute_paths(study)
+
+
+def _absolute_paths(study: StudyConfig) -> StudyConfig:
+    """Ray workers run in their own working directory: pin every relative path to the caller's."""
+    data, backbone = study.data, study.backbone
+    kind, sep, path = data.dataset.partition(":")
+    if sep and kind in ("imagefolder", "parquet") and not os.path.isabs(os.path.expanduser(path)):
+        data.dataset = f"{kind}:{Path(path).expanduser().resolve()}"
+    if data.root and not os.path.isabs(os.path.expanduser(data.root)):
+        data.root = str(Path(data.root).resolve())
+    if backbone.checkpoint and not os.path.isabs(os.path.expanduser(backbone.checkpoint)):
+        backbone.checkpoint = str(Path(backbone.checkpoint).resolve())
     return study
 
 

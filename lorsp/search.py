@@ -6,7 +6,6 @@ and the Pareto/export tools read it rather than Ray's own experiment folder.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ EPOCHS_DONE = "epochs_done"
 TUNE_TRIAL_ID = "tune_trial_id"
 INTERRUPTED = "interrupted"
 METRICS_PREFIX = "metric:"
+STUDY_CONFIG_ATTR = "lorsp_study_config"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -100,6 +100,10 @@ def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resu
     if found is None:
         if resume:
             raise ConfigError(f"--resume: no study named '{study.name}' in the storage; drop --resume to start it")
+        created = optuna.create_study(study_name=study.name, storage=storage,
+                                      directions=["maximize" if o.mode == "max" else "minimize" for o in study.objectives])
+        # The study file travels with the study, so `lorsp.pareto` / `lorsp.export` need only its name.
+        created.set_user_attr(STUDY_CONFIG_ATTR, study.model_dump_json())
         return 0, study.search.num_samples
     if not resume:
         raise ConfigError(
@@ -137,5 +141,12 @@ def trial_records(study: StudyConfig, storage: optuna.storages.BaseStorage) -> l
     return rank_trials(records, [(o.metric, o.mode) for o in study.objectives])
 
 
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+def stored_config(storage: optuna.storages.BaseStorage, name: str) -> StudyConfig:
+    """The study file a stored study was run with (written when the study was created)."""
+    found = existing_study(storage, name)
+    if found is None:
+        raise ConfigError(f"no study named '{name}' in the storage; check --name and --storage")
+    raw = found.user_attrs.get(STUDY_CONFIG_ATTR)
+    if raw is None:
+        raise ConfigError(f"study '{name}' was not created by lorsp.tune (no stored config)")
+    return StudyConfig.model_validate_json(raw)

@@ -19,6 +19,9 @@ from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.data import DataError
 from lorsp.pareto import TrialRecord
 
+OPTUNA_TRIAL_KEY = "_optuna_trial"
+"""Key of the Optuna trial number in a Tune trial's config; stripped before the config is applied."""
+
 # Ray imports are deferred to the functions that need them so `--help` and config errors are instant.
 
 
@@ -37,9 +40,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
         study.train.threads = max(1, int(config["cpus_per_worker"]))
     splits = ray.get(config["splits"][0]) if config.get("splits") else None
 
+    where = _placement()
+
     def report(metrics: dict[str, float], folder: str | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
-        ray.train.report(dict(metrics), checkpoint=checkpoint)
+        ray.train.report({**metrics, **where}, checkpoint=checkpoint)
 
     checkpoint = ray.train.get_checkpoint()
     try:
@@ -54,6 +59,18 @@ def _worker_loop(config: dict[str, Any]) -> None:
     del torch
 
 
+def _placement() -> dict[str, str]:
+    """Where this worker runs, reported with its metrics so a trial's node and GPU are on record."""
+    import socket
+
+    import ray
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "hostname": socket.gethostname(), "gpu": gpu}
+
+
 # ---------------------------------------------------------------- one Tune trial = one Ray Train run
 def _trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_path: str) -> None:
     """A Tune trial: resolve the sampled parameters and fit a TorchTrainer with them."""
@@ -62,6 +79,7 @@ def _trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_pat
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    params = {k: v for k, v in params.items() if k != OPTUNA_TRIAL_KEY}
     study = StudyConfig.model_validate_json(study_json).with_params(params)
     res = study.resources
     trial_id = ray.tune.get_context().get_trial_id()
@@ -96,6 +114,15 @@ def _searcher(study: StudyConfig, storage: Any) -> Any:
     from lorsp.search import EPOCHS_DONE, FULL_BUDGET, METRICS_PREFIX, TUNE_TRIAL_ID, create_sampler, distributions
 
     class BudgetAwareOptunaSearch(OptunaSearch):
+        def suggest(self, trial_id: str) -> dict | None:
+            params = super().suggest(trial_id)
+            if isinstance(params, dict) and trial_id in self._ot_trials:
+                ot_trial = self._ot_trials[trial_id]
+                ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+                # Carried in the Tune trial's config so callbacks (MLflow) can name the Optuna trial.
+                params[OPTUNA_TRIAL_KEY] = ot_trial.number
+            return params
+
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None and trial_id not in self._completed_trials:
@@ -234,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     from lorsp.progress import print_pareto_table
 
+    _finish_tracking(study, records)
     print_pareto_table(study, records)
     if records and all(r.state == "FAIL" for r in records):
         print("error: every trial failed; see the trial errors above", file=sys.stderr)
@@ -248,6 +276,15 @@ def _tracking_callbacks(study: StudyConfig) -> list[Any]:
     except ImportError:
         return []
     return tune_callbacks(study)
+
+
+def _finish_tracking(study: StudyConfig, records: list[TrialRecord]) -> None:
+    """Pareto tags, hypervolume and the front plot on the study's MLflow runs, when tracking is available."""
+    try:
+        from lorsp.tracking import finish_study
+    except ImportError:
+        return
+    finish_study(study, records)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""The contract every visual prompt follows, so the model and training loop never special-case one."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ClassVar, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+class Prompter(nn.Module):
+    """x: [N,3,L,L] pixel space in [0,1] (before backbone normalisation) -> prompted batch, same shape.
+
+    The prompt is added before the backbone's mean/std normalisation, as LoR-VP does, so every
+    method perturbs the same pixel space and amplitudes are comparable across methods.
+    Subclasses implement :meth:`prompt` and call :meth:`_record` there, so that :meth:`stats`
+    always describes the last batch without any host synchronisation in the training step.
+    """
+
+    method: ClassVar[str]
+    spiking: ClassVar[bool] = False
+    #: the ``create_prompter`` keyword arguments this method uses (the others are not passed)
+    knobs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, image_size: int) -> None:
+        super().__init__()
+        if int(image_size) < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        self.image_size = int(image_size)
+        self._density: Tensor = torch.zeros(())
+        self._firing_rate: Tensor = torch.zeros(())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Prompted batch ``x + prompt``; not clamped, because LoR-VP does not clamp either."""
+        self._check_input(x)
+        return x + self.prompt(x)
+
+    def prompt(self, x: Tensor) -> Tensor:
+        """The additive prompt: [N,3,L,L], or [1,3,L,L] for instance-agnostic methods."""
+        raise NotImplementedError
+
+    def num_prompt_params(self) -> int:
+        """Parameters of the prompt (all of them: freezing a prompt for export does not change its size)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def stats(self) -> dict[str, Tensor]:
+        """Density and firing rate of the last forward as detached 0-dim tensors (read them lazily)."""
+        return {"density": self._density, "firing_rate": self._firing_rate}
+
+    def _record(self, prompt: Tensor, firing_rate: Optional[Tensor] = None) -> None:
+        """Keep the last batch's statistics on the prompt's device; no ``.item()``, so no sync."""
+        with torch.no_grad():
+            self._density = (prompt != 0).float().mean()
+            if firing_rate is None:
+                self._firing_rate = torch.zeros((), device=prompt.device)
+            else:
+                self._firing_rate = firing_rate.detach().float()
+
+    def _check_input(self, x: Tensor) -> None:
+        size = self.image_size
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (size, size):
+            raise ValueError(
+                f"{self.method} prompter expects [N, 3, {size}, {size}] images, got {tuple(x.shape)}"
+            )
+
+    def extra_repr(self) -> str:
+        return f"image_size={self.image_size}, params={self.num_prompt_params()}"
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Disable autocast: prompts are tiny, and bf16 would quantise neuron currents near threshold."""
+    try:
+        ctx = torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: nothing to disable
+        ctx = contextlib.nullcontext()
+    with ctx:
+        yield
+
+
+def low_rank_product(B: Tensor, A: Tensor) -> Tensor:
+    """Per-channel ``B @ A`` ([..., 3, L, r] @ [..., 3, r, L]) in fp32: the LoR-VP prompt factor."""
+    return torch.matmul(B.float(), A.float())
+
+
+def check_count(name: str, value: int) -> int:
+    """Integer knobs (rank, factors, timesteps) must be whole and >= 1; returns the int."""
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value}")
+    return int(value)
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Reject bad knobs at construction, not as NaNs halfway through a trial."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value}")

@@ -1,0 +1,222 @@
+"""Firing rates of LIF / IF neurons driven by a current that is constant over T steps.
+
+Why this module exists: the spiking prompts only need the *rate* ``mean_t S_t`` of neurons whose
+input current does not change over time. SpikingJelly's multi-step neurons handle arbitrary
+``[T, ...]`` inputs, so they keep the membrane potential of every step for the backward pass
+(memory grows with T) and need a ``[T, ...]`` input. Here:
+
+* the forward loop runs the *same* floating-point operations as SpikingJelly 2.0.0's torch/CPU
+  kernel (``spikingjelly/_ops/lif/cpu.py``: charge ``h = v + (x - v) / tau``, fire ``h >= V_th``,
+  hard reset to 0), so spikes are bit-identical to ``neuron.LIFNode`` / ``neuron.IFNode`` fed
+  ``I.expand(T, ...)``;
+* the backward pass is SpikingJelly's surrogate-gradient recursion (Sigmoid surrogate,
+  ``detach_reset=False``), which runs backwards in time,
+  ``G_t = a_t + r_t k G_{t+1}``, ``dL/dI = (1/tau) sum_t G_t``, with
+  ``a_t = (dL/dS_t) sg_t``, ``r_t = (1 - S_t) - h_t sg_t`` and ``k = 1 - 1/tau`` (1 for IF).
+  Because ``dL/dS_t = g/T`` is the same for every step when the output is the mean rate, the sum
+  can be regrouped as ``sum_s a_s W_s`` with the *forward* recursion ``W_{s+1} = 1 + r_s k W_s``.
+  So the forward pass accumulates the local derivative ``D = d rate / d I`` on the fly, saves
+  only D, and the backward pass is one multiplication. Peak memory is a handful of tensors of the
+  input's size whatever T is, and no per-step state is stored. Gradients equal SpikingJelly's up to
+  float rounding (the sum is taken in a different order: ~1e-7 relative to the largest entry).
+
+Set ``LORSP_COMPILE_LIF=1`` to run the loop through ``torch.compile`` (fuses the ~15 elementwise
+ops of each step into one kernel on GPU; recompiles per T and per hyperparameter value). It is
+off by default because fused kernels may contract multiply-adds differently, which can flip a
+spike exactly at a threshold tie; eager mode is what the equality tests cover.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["lif_rate", "if_rate", "reference_rate", "heaviside", "surrogate_gradient"]
+
+
+def surrogate_gradient(x: Tensor, alpha: float) -> Tensor:
+    """SpikingJelly's ``surrogate.Sigmoid(alpha)`` derivative, written the same way for equal rounding."""
+    s = torch.sigmoid(alpha * x)
+    return (1 - s) * s * alpha
+
+
+def _simulate(
+    current: Tensor,
+    timesteps: int,
+    threshold: float,
+    alpha: float,
+    tau: Optional[float],
+    need_grad: bool,
+    record: Optional[list[Tensor]] = None,
+) -> tuple[Tensor, Optional[Tensor]]:
+    """Run T steps; return (rate, d rate / d current or None).
+
+    The charge/fire/reset lines must stay operation-for-operation equal to SpikingJelly's
+    kernel (``(I - v) / tau + v`` is the same IEEE result as ``v + (I - v) / tau``): that is
+    what makes the spikes identical. The derivative lines are free to use fused ops.
+    ``record`` (tests only) receives the boolean spike map of every step.
+    """
+    v = torch.zeros_like(current)
+    silent = torch.zeros_like(current)  # counting non-spikes saves a negation per step
+    quiet = torch.empty_like(current)  # 1 - S_t, as a float so no bool->float copies are needed
+    if need_grad:
+        acc = torch.zeros_like(current)
+        weight = torch.ones_like(current)
+        one = torch.ones((), dtype=current.dtype, device=current.device)
+        carry = 1.0 if tau is None else 1.0 - 1.0 / tau
+    for _ in range(timesteps):
+        if tau is None:
+            h = torch.add(v, current)
+        else:
+            h = torch.sub(current, v).div_(tau).add_(v)
+        torch.lt(h, threshold, out=quiet)
+        if record is not None:
+            record.append(quiet == 0)
+        silent.add_(quiet)
+        if need_grad:
+            # u = s (1 - s), s = sigmoid(alpha (h - V_th)); surrogate slope sg = alpha u.
+            s = torch.sub(h, threshold).mul_(alpha).sigmoid_()
+            u = torch.addcmul(s, s, s, value=-1.0)
+            acc.addcmul_(u, weight)
+            reset_grad = torch.addcmul(quiet, h, u, value=-alpha)
+            weight = torch.addcmul(one, reset_grad, weight, value=carry)
+        v = h.mul_(quiet)  # hard reset to 0: equals spike * 0 + (1 - spike) * h exactly
+    rate = torch.rsub(silent, float(timesteps)).div_(timesteps)
+    if not need_grad:
+        return rate, None
+    scale = alpha / (timesteps * (1.0 if tau is None else tau))
+    return rate, acc.mul_(scale)
+
+
+_Simulator = Callable[..., tuple[Tensor, Optional[Tensor]]]
+_compiled: Optional[_Simulator] = None
+_compile_failed = False
+
+
+def _simulator() -> _Simulator:
+    """Eager loop unless LORSP_COMPILE_LIF=1; a failing compile falls back to eager once, loudly."""
+    global _compiled
+    if _compile_failed or os.environ.get("LORSP_COMPILE_LIF", "0") != "1":
+        return _simulate
+    if _compiled is None:
+        _compiled = torch.compile(_simulate, dynamic=False)
+    return _compiled
+
+
+def _run(current: Tensor, *args: object) -> tuple[Tensor, Optional[Tensor]]:
+    global _compile_failed
+    sim = _simulator()
+    if sim is _simulate:
+        return _simulate(current, *args)
+    try:
+        return sim(current, *args)
+    except Exception as err:  # noqa: BLE001 - any compiler failure must not stop training
+        _compile_failed = True
+        warnings.warn(f"torch.compile of the LIF loop failed ({err!r}); using eager mode")
+        return _simulate(current, *args)
+
+
+class _ConstantCurrentRate(torch.autograd.Function):
+    """Autograd wrapper: forward saves only ``d rate / d current`` (see module docstring)."""
+
+    @staticmethod
+    def forward(ctx, current, timesteps, threshold, alpha, tau):  # type: ignore[override]
+        rate, deriv = _run(current, timesteps, threshold, alpha, tau, True)
+        ctx.save_for_backward(deriv)
+        return rate
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_rate):  # type: ignore[override]
+        (deriv,) = ctx.saved_tensors
+        return grad_rate * deriv, None, None, None, None
+
+
+def _autocast_off(t: Tensor):
+    """Autocast would quantise the membrane arithmetic; every neuron path runs in fp32."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+def lif_rate(
+    current: Tensor,
+    timesteps: int,
+    threshold: float,
+    alpha: float,
+    tau: Optional[float] = None,
+) -> Tensor:
+    """Mean firing rate over ``timesteps`` of LIF neurons (IF when ``tau is None``) with constant input.
+
+    Equivalent to ``LIFNode(tau, v_threshold=threshold, v_reset=0.0,
+    surrogate_function=surrogate.Sigmoid(alpha), detach_reset=False, decay_input=True,
+    step_mode='m')(current.expand(T, ...)).mean(0)`` with v starting at 0; returns fp32.
+    """
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    if tau is not None and not tau > 1.0:
+        raise ValueError(f"tau must be > 1 (decay < 1), got {tau}")
+    with _autocast_off(current):
+        current = current.float()
+        args = (int(timesteps), float(threshold), float(alpha), None if tau is None else float(tau))
+        if current.requires_grad and torch.is_grad_enabled():
+            return _ConstantCurrentRate.apply(current, *args)
+        return _run(current, *args, False)[0]
+
+
+def if_rate(current: Tensor, timesteps: int, threshold: float, alpha: float) -> Tensor:
+    """Integrate-and-fire (no leak) version of :func:`lif_rate`."""
+    return lif_rate(current, timesteps, threshold, alpha, tau=None)
+
+
+def reference_rate(
+    current: Tensor,
+    timesteps: int,
+    threshold: float,
+    alpha: float,
+    tau: Optional[float] = None,
+) -> Tensor:
+    """The same rate through SpikingJelly's own neurons: the ground truth the fast path is tested on.
+
+    Imported lazily so that the fast path works where SpikingJelly is not installed.
+    """
+    from spikingjelly.activation_based import functional, neuron, surrogate
+
+    common = dict(
+        v_threshold=float(threshold),
+        v_reset=0.0,
+        surrogate_function=surrogate.Sigmoid(alpha=float(alpha)),
+        detach_reset=False,
+        step_mode="m",
+    )
+    if tau is None:
+        node = neuron.IFNode(**common)
+    else:
+        node = neuron.LIFNode(tau=float(tau), decay_input=True, **common)
+    with _autocast_off(current):
+        current = current.float()
+        spikes = node(current.expand(timesteps, *current.shape))
+        functional.reset_net(node)
+    return spikes.mean(0)
+
+
+class _Heaviside(torch.autograd.Function):
+    """H(x) = [x >= 0] forward, Sigmoid-surrogate derivative backward (SpikingJelly's convention)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * surrogate_gradient(x, ctx.alpha), None
+
+
+def heaviside(x: Tensor, alpha: float) -> Tensor:
+    """Binary step with a surrogate gradient of slope ``alpha`` (used for Spike-NVPT's mask)."""
+    return _Heaviside.apply(x, float(alpha))

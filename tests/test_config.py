@@ -1,0 +1,77 @@
+"""Each bad study file gives one line naming the key and the fix, and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorsp.config import ConfigError, load_study
+from tests.conftest import QUICKSTART, REPO
+
+
+def test_quickstart_resolves_space_defaults():
+    study = load_study(QUICKSTART)
+    run = study.resolved()
+    assert run.prompt.rank == study.space["rank"].default
+    assert run.train.lr == pytest.approx(study.space["lr"].default)
+    assert run.prompt.threshold == pytest.approx(study.space["threshold"].default)
+
+
+def test_set_overrides_fixed_setting_and_pins_knob():
+    study = load_study(QUICKSTART, ["prompt.method=lorvp", "prompt.rank=7", "train.epochs=3"])
+    assert study.prompt.method == "lorvp"
+    assert "rank" not in study.space  # pinned on the command line, no longer searched
+    run = study.resolved()
+    assert run.prompt.rank == 7 and run.train.epochs == 3
+
+
+def test_vit_study_parses():
+    study = load_study(REPO / "search_spaces" / "vit.yaml")
+    assert study.backbone.model.startswith("vit_base_patch16_224")
+    assert study.search.scheduler is not None and study.search.scheduler.type == "asha"
+    assert study.with_params({"method": "lorvp", "rank": 8}).prompt.method == "lorvp"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"train.optimiser": "sgd"}, "train.optimiser: unknown key"),
+        ({"train.epochs": "many"}, "train.epochs"),
+        ({"space.rank": {"type": "int", "low": 8, "high": 2}}, "empty range"),
+        ({"space.colour": {"type": "float", "low": 0, "high": 1}}, "unknown knob 'colour'"),
+        ({"prompt.method": "lorsq"}, "did you mean 'lorsp'"),
+        ({"backbone.model": "vit_tinyy_patch16_224"}, "unknown timm model"),
+        ({"search.sampler": "cmaes"}, "unknown value 'cmaes' for search.sampler"),
+        ({"data.dataset": "imagenet-99"}, "data.dataset"),
+        ({"objectives": [{"metric": "speed", "mode": "max"}]}, "objectives.metric"),
+    ],
+)
+def test_bad_config_is_one_line(write_study, overrides, expected):
+    path = write_study(overrides)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_malformed_yaml_names_line(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nprompt: {method: lorsp\ntrain: {}\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML"):
+        load_study(path)
+
+
+@pytest.mark.parametrize("module", ["lorsp.train", "lorsp.tune"])
+def test_cli_exit_code_2_without_traceback(write_study, module):
+    path = write_study({"prompt.method": "lorsq"})
+    flag = "--config" if module == "lorsp.train" else "--space"
+    proc = subprocess.run([sys.executable, "-m", module, flag, str(path)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "prompt.method" in lines[0]
