@@ -236,10 +236,13 @@ def train_loop(
             "epochs": float(t.epochs), "finished": float(is_last),
         }
         if ctx.world_size > 1:
-            # Rank-local fingerprint of the shard this rank trained on: lets a test see that DDP
-            # workers really read different data.
-            idx = train_batches.shard_indices().double()
-            metrics["shard_digest"] = float(((idx + 1.0) ** 2).sum())
+            # A fingerprint of the shard each rank trained on, gathered to every rank: shows in the
+            # reported metrics that DDP workers really read different data.
+            idx = train_batches.shard_indices().to(ctx.device, torch.float64)
+            digest = ((idx + 1.0) ** 2).sum().reshape(1)
+            digests = [torch.zeros_like(digest) for _ in range(ctx.world_size)]
+            dist.all_gather(digests, digest)
+            metrics.update({f"shard_digest_{r}": float(d) for r, d in enumerate(digests)})
         if is_last or t.eval_test_every_epoch:
             metrics["test_acc"] = evaluate(model, iter(test_batches), ctx, t.amp)["acc"]
         history.append(metrics)
