@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lorsp.prompts import PROMPTERS, Prompter, create_prompter
-from lorsp.prompts.lif import _simulate, if_rate, lif_rate, reference_rate
+from lorsp.prompts.lif import _simulate, if_rate, lif_rate, reference_rate, signed_counts
 
 L = 16
 #: the fast path runs without SpikingJelly (e.g. on the GPU machine); only comparisons need it
@@ -365,3 +365,160 @@ def test_prompters_are_prompter_subclasses() -> None:
     for name, cls in PROMPTERS.items():
         assert issubclass(cls, Prompter) and cls.method == name
     assert {n for n, c in PROMPTERS.items() if c.spiking} == {"lorsp", "spike_nvpt"}
+
+
+# --- LoRSP's fused prompt: one simulation for the ±I pair, one saved derivative per factor -----
+
+
+@needs_spikingjelly
+@pytest.mark.parametrize("tau", [None, 1 / 0.95, 2.0, 1 / 0.3, 20.0])
+@pytest.mark.parametrize("T", [1, 4, 9, 16])
+@pytest.mark.parametrize("thr", [0.15, 1.0])
+def test_signed_counts_equal_two_spikingjelly_populations(tau: float | None, T: int, thr: float) -> None:
+    """rate(+I) - rate(-I) from one simulation of |I|: spikes exact, derivative to float rounding."""
+    gen = torch.Generator().manual_seed(T * 1000 + int(thr * 10))
+    current = torch.randn(2, 3, 8, 8, generator=gen) * 2 * thr
+    current[0, 0, 0, :8] = torch.tensor([thr, -thr, 0.0, -0.0, thr / 2, -thr / 2, 2 * thr, -thr / 3])  # ties, ±0
+    ref_in = current.clone().requires_grad_()
+    rho = _sj_spikes(ref_in, T, thr, 3.0, tau).mean(0) - _sj_spikes(-ref_in, T, thr, 3.0, tau).mean(0)
+    grad_out = torch.randn(current.shape, generator=gen)
+    (rho * grad_out).sum().backward()
+
+    rate, counts, deriv = signed_counts(current, T, thr, 3.0, tau)
+    assert torch.equal(rate, rho.detach())
+    assert counts.dtype == torch.int8 and torch.equal(counts.float(), rate * T)
+    scale = ref_in.grad.abs().max()
+    assert scale > 0
+    assert torch.allclose(grad_out * deriv, ref_in.grad, rtol=1e-5, atol=1e-6 * scale)
+    no_grad_rate, no_grad_counts, none = signed_counts(current, T, thr, 3.0, tau, need_grad=False)
+    assert none is None and torch.equal(no_grad_rate, rate) and torch.equal(no_grad_counts, counts)
+
+
+def _saved_bytes(fn, exclude: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves while ``fn`` runs, ``exclude``'s not counted."""
+    seen = {t.untyped_storage().data_ptr() for t in exclude}
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+@pytest.mark.parametrize("K", [1, 3])
+def test_lorsp_saves_one_derivative_per_factor_whatever_t(K: int) -> None:
+    """Saved for backward: E_k (fp32) + int8 spike counts per factor, the image by reference only."""
+    x = _images(2)
+    per_factor = x.numel() * (4 + 1)
+    for T in (2, 16):
+        prompter = create_prompter("lorsp", L, rank=2, factors=K, timesteps=T)
+        saved = _saved_bytes(lambda: prompter(x), [*prompter.parameters(), x])
+        assert saved <= K * per_factor + 4096, (T, saved)  # + the tiny [K, 3] factors
+
+
+def test_lorsp_fast_path_without_grad_matches_grad_path() -> None:
+    torch.manual_seed(6)
+    prompter = create_prompter("lorsp", L, rank=3, factors=2, timesteps=6, threshold=0.3)
+    with torch.no_grad():
+        prompter.B.normal_(0, 0.5)
+        prompter.beta.normal_(0, 1.0)
+    x = _images()
+    with_grad = prompter.prompt(x)
+    stats = {k: v.clone() for k, v in prompter.stats().items()}
+    with torch.no_grad():
+        without = prompter.prompt(x)
+    assert with_grad.requires_grad and not without.requires_grad
+    assert torch.equal(with_grad.detach(), without)
+    assert all(torch.equal(stats[k], v) for k, v in prompter.stats().items())
+
+
+@needs_spikingjelly
+def test_lorsp_input_gradient_equals_reference() -> None:
+    """The fused node also differentiates w.r.t. the image (β ≠ 0), as autograd through SpikingJelly does."""
+    torch.manual_seed(7)
+    fast = create_prompter("lorsp", L, rank=2, factors=2, timesteps=4, threshold=0.3, decay=0.4)
+    with torch.no_grad():
+        for q in fast.parameters():
+            q.add_(torch.randn_like(q) * 0.5)
+    ref = create_prompter("lorsp", L, rank=2, factors=2, timesteps=4, threshold=0.3, decay=0.4, reference=True)
+    ref.load_state_dict(fast.state_dict())
+    weights = torch.randn(4, 3, L, L)
+    grads = []
+    for prompter in (fast, ref):
+        x = _images().requires_grad_()
+        (prompter.prompt(x) * weights).sum().backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6 * grads[1].abs().max())
+
+
+_TRITON_CHECK = r"""
+import os, torch
+from lorsp.prompts import create_prompter
+torch.manual_seed(0)
+L = 12
+for T, decay, K in [(5, 0.3, 3), (1, 0.5, 2), (8, 0.95, 1)]:
+    p = create_prompter("lorsp", L, rank=3, factors=K, timesteps=T, threshold=0.4, decay=decay)
+    with torch.no_grad():
+        for q in p.parameters():
+            q.add_(torch.randn_like(q) * 0.5)
+    x, g = torch.rand(3, 3, L, L), torch.randn(3, 3, L, L)
+    out = {}
+    for backend in ("torch", "triton"):
+        os.environ["LORSP_LIF_BACKEND"] = backend
+        p.zero_grad()
+        prompt = p(x)
+        (prompt * g).sum().backward()
+        out[backend] = (prompt.detach(), [q.grad.clone() for q in p.parameters()],
+                        {k: v.clone() for k, v in p.stats().items()})
+        with torch.no_grad():
+            assert torch.equal(p(x), prompt.detach()), backend
+    (a, ga, sa), (b, gb, sb) = out["torch"], out["triton"]
+    assert torch.allclose(a, b, rtol=0, atol=1e-6), (a - b).abs().max()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), (sa, sb)
+    for u, v in zip(ga, gb):
+        assert torch.allclose(u, v, rtol=1e-5, atol=1e-6 * v.abs().max()), (u - v).abs().max()
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+def test_triton_kernels_equal_eager_path_in_interpreter() -> None:
+    """The CUDA kernels, run by Triton's CPU interpreter: same spikes (so same density and firing
+    rate), prompt to one rounding, gradients to float rounding."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lorsp_on_cuda_matches_cpu() -> None:
+    """The CUDA path (fused Triton kernels where Triton is installed) against the CPU fast path,
+    which equals SpikingJelly bit for bit. The current is computed with a fused multiply-add on
+    the GPU, so a neuron exactly at a threshold tie may flip: allow a handful in 10^5."""
+    torch.manual_seed(8)
+    cpu = create_prompter("lorsp", 32, rank=4, factors=4, timesteps=8, threshold=0.3, decay=0.5)
+    with torch.no_grad():
+        cpu.B.normal_(0, 5.0)
+        cpu.beta.normal_(0, 1.0)
+    gpu = create_prompter("lorsp", 32, rank=4, factors=4, timesteps=8, threshold=0.3, decay=0.5).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x, g = torch.rand(16, 3, 32, 32), torch.randn(16, 3, 32, 32)
+    outs = []
+    for prompter, dev in ((cpu, "cpu"), (gpu, "cuda")):
+        out = prompter(x.to(dev))
+        (out * g.to(dev)).sum().backward()
+        outs.append(out.detach().cpu())
+    assert (outs[0] != outs[1]).float().mean() < 1e-4
+    for (name, a), b in zip(cpu.named_parameters(), gpu.parameters()):
+        assert torch.allclose(a.grad, b.grad.cpu(), rtol=1e-3, atol=1e-4 * a.grad.abs().max()), name
