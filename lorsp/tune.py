@@ -130,6 +130,8 @@ def _searcher(study: StudyConfig, storage: Any) -> Any:
                 ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
                 ot_trial.set_user_attr(FULL_BUDGET, bool(result.get("finished")) and not error)
                 ot_trial.set_user_attr(EPOCHS_DONE, int(result.get("epoch", 0)))
+                if result.get("checkpoint_path"):
+                    ot_trial.set_user_attr("checkpoint_path", str(result["checkpoint_path"]))
                 for key in ("test_acc", "val_acc", "prompt_density", "firing_rate", "prompt_params",
                             "trainable_params", "images_per_s", "loss"):
                     if isinstance(result.get(key), (int, float)):
@@ -154,17 +156,44 @@ def _scheduler(study: StudyConfig) -> Any:
                          grace_period=min(s.grace_period, study.train.epochs), reduction_factor=s.reduction_factor)
 
 
-def init_ray(address: str | None) -> None:
-    """Attach to a cluster (`--address`, or RAY_ADDRESS as set by `ray job submit`) or start a local one."""
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Attach to a cluster (`--address`, or RAY_ADDRESS as set by `ray job submit`) or start a local one.
+
+    A local Ray gets a pinned GCS port and hands its own address to every worker: Ray Train's
+    placement-group cleaner queries the state API without an address, which fails ("multiple active
+    Ray instances") when another local Ray runs on the machine, and then finished trials' placement
+    groups leak until the next trial waits forever.
+    """
     import ray
 
     if ray.is_initialized():
         return
+    env_vars = {"RAY_TRAIN_V2_ENABLED": "1"}
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    pinned = os.environ.get("RAY_GCS_SERVER_PORT")
+    if local:
         print("starting an embedded local Ray (pass --address to use a cluster)", flush=True)
-    ray.init(address=address, logging_level="WARNING", log_to_driver=True,
-             runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1"}})
+        port = _free_port()
+        env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(address=address, num_cpus=num_cpus if local else None, logging_level="WARNING",
+                 log_to_driver=True, runtime_env={"env_vars": env_vars})
+    finally:
+        if local:
+            if pinned is None:
+                os.environ.pop("RAY_GCS_SERVER_PORT", None)
+            else:
+                os.environ["RAY_GCS_SERVER_PORT"] = pinned
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
 
 
 def run_study(

@@ -31,7 +31,9 @@ def _study(tmp_path: Path, name: str, extra: list[str]):
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    from lorsp.tune import init_ray
+
+    init_ray(None, num_cpus=2)
     yield
     ray.shutdown()
 
