@@ -31,7 +31,8 @@ _BLOCK = 512
 _BLOCK_BWD = 256
 
 
-@triton.jit
+# N == 1 would otherwise be specialised into a constant (and lose ``.to``)
+@triton.jit(do_not_specialize=["N"])
 def _lif_fwd_kernel(
     x_ptr, factor_ptr, beta_ptr, amp_ptr,
     prompt_ptr, counts_ptr, deriv_ptr, totals_ptr,
@@ -97,7 +98,7 @@ def _lif_fwd_kernel(
     tl.store(totals_ptr + flat, tl.sum(fired, axis=0).to(tl.int32))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _lif_bwd_kernel(
     grad_ptr, x_ptr, amp_ptr, counts_ptr, deriv_ptr,
     dfactor_ptr, dbeta_ptr, damp_ptr,

@@ -79,7 +79,7 @@ class _SpikePrompt(torch.autograd.Function):
         T = ctx.timesteps
         grad = grad.float()
         need_x = ctx.needs_input_grad[0]
-        if _use_triton(grad.device) and not need_x:
+        if _use_triton(grad.device) and not need_x and counts.dtype == torch.int8:  # as the forward chose
             from .lif_triton import spike_prompt_backward
 
             d_factor, d_beta, d_amp = spike_prompt_backward(grad, x, amplitude, counts, deriv, T)

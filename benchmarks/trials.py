@@ -1,0 +1,311 @@
+"""Trial overhead and trials per hour of a real study (``lorsp.tune.run_study``).
+
+    python benchmarks/trials.py                                  # quickstart, 4 trials x 2 epochs, 1 and 2 at a time
+    python benchmarks/trials.py --modes baseline,tuned,direct --trials 6 --epochs 2 --concurrency 1,2
+    python benchmarks/trials.py --gpu-share 1,2,4                # on a GPU machine with Ray: 1, 2, 4 trials per GPU
+
+Each (mode, concurrency) runs the quickstart study (``search_spaces/quickstart.yaml``) with a
+fresh temporary ``tracking.root`` and its own local Ray cluster (own temp dir, so a cluster
+someone else runs on this machine is never joined). Torch threads per trial come from the CPU
+allocation: ``cpus_per_worker = cores / concurrency`` and ``train.threads = null``, so
+``lorsp.tune._worker_loop`` sets the threads (quickstart.yaml pins ``threads: 1``).
+
+Trial start -> first training step is measured without changing the training loop: the Tune
+trial function and the Train worker function are wrapped (``_trace.py``) to log wall-clock
+events, a Tune callback logs trial start / results / completion, and each trial's total
+overhead is its wall time minus the sum of the ``epoch_time_s`` it reported.
+
+Modes:
+  baseline  lorsp.tune as it is (Ray Train V2 defaults).
+  tuned     + Train V2 settings that cut per-trial work: no preemption-watcher actor, controller
+            poll every 0.2 s instead of 2 s, no Train metrics / structured logging / state
+            reconciliation (``TUNED_ENV``; to be set where ``lorsp.tune.init_ray`` starts Ray).
+  direct    one-worker trials without Ray Train: ``train_loop`` runs in the Tune trial process
+            (``_trace.direct_trial``) with ``reuse_actors=True``: no controller, worker group or
+            process group, and torch/timm stay imported from one trial to the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+import _util as U  # noqa: E402
+
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+
+#: Ray Train V2 knobs (all in ray.train.v2._internal.constants.ENV_VARS_TO_PROPAGATE, so the
+#: trial process passes them on to the controller and the workers).
+TUNED_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # one actor process less per trial
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",  # controller poll: start-up and reports seen sooner
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
+    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
+    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
+}
+
+SEGMENTS = [  # (label, from event, to event)
+    ("Tune -> trial fn", "tune_trial_start", "trial_fn_start"),
+    ("trial fn -> fit()", "trial_fn_start", "fit_start"),
+    ("fit() -> controller process", "fit_start", "controller_process_start"),
+    ("controller process start-up (imports)", "controller_process_start", "controller_started"),
+    ("controller -> worker group start", "controller_started", "worker_group_start_begin"),
+    ("worker group: placement group + worker spawn", "worker_group_start_begin", "worker_process_start"),
+    ("worker process -> group ready (Ray, torch, process group)", "worker_process_start", "worker_group_started"),
+    ("group ready -> train fn", "worker_group_started", "worker_fn_start"),
+    ("imports (torch, timm, lorsp; if not yet)", "@imports_from", "imports_done"),
+    ("ray.get(splits) + placement", "imports_done", "train_loop_start"),
+    ("build_model", "build_model_start", "build_model_end"),
+    ("model -> first step (to device, iterators)", "build_model_end", "first_step"),
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timing_callback() -> Any:
+    from ray.tune import Callback
+
+    import _trace
+
+    class TimingCallback(Callback):
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            _trace.log(trial.trial_id, "tune_trial_start")
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            _trace.log(trial.trial_id, "result", iteration=result.get("training_iteration"),
+                       epoch_time_s=result.get("epoch_time_s"))
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            _trace.log(trial.trial_id, "tune_trial_complete")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            _trace.log(trial.trial_id, "tune_trial_error")
+
+    return TimingCallback()
+
+
+def run_one(mode: str, concurrency: int, args: argparse.Namespace, gpus_per_trial: float = 0.0) -> dict[str, Any]:
+    """One study in a fresh local Ray cluster; returns wall time and per-trial events."""
+    import ray
+    import ray.tune
+
+    import _trace
+    import lorsp.tune as lt
+    from lorsp.config import load_study
+
+    work = Path(tempfile.mkdtemp(prefix="lb-trials-"))
+    trace_file = work / "trace.jsonl"
+    cores = args.cpus or os.cpu_count() or 1
+    cpus = cores / concurrency
+    overrides = [
+        f"name=bench-{mode}-c{concurrency}-{int(time.time())}", f"tracking.root={work / 'runs'}",
+        f"search.num_samples={args.trials}", f"search.max_concurrent={concurrency}", f"train.epochs={args.epochs}",
+        "train.threads=null", f"resources.cpus_per_worker={cpus}", f"resources.gpus_per_worker={gpus_per_trial}",
+    ]
+    if mode == "direct":
+        overrides.append(f"resources.driver_cpus={cpus}")  # the trial process itself trains
+    overrides += args.set
+    study = load_study(args.space, overrides)
+
+    # With more than one Ray instance on the machine, Ray Train's PlacementGroupCleaner (state API,
+    # address "auto") cannot tell which one is its own and fails; naming the dashboard avoids it.
+    dashboard_port = free_port()
+    env = {"RAY_TRAIN_V2_ENABLED": "1", _trace.TRACE_ENV: str(trace_file),
+           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
+           "RAY_TRAIN_CALLBACKS": "_trace_train.TraceTrainCallback",
+           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    if mode in ("tuned", "direct"):
+        env.update(TUNED_ENV)
+    os.environ.update(env)  # the driver logs too, and Train reads its knobs from the environment
+    tick = time.time()
+    ray.init(address="local", num_cpus=cores, num_gpus=1 if gpus_per_trial else None,
+             _temp_dir=f"/tmp/lbray{os.getpid()}{mode[0]}{concurrency}", logging_level="WARNING",
+             include_dashboard=True, dashboard_port=dashboard_port,
+             log_to_driver=True, runtime_env={"env_vars": env})
+    ray_init_s = time.time() - tick
+
+    saved = (lt._trial, ray.tune.TuneConfig, ray.tune.with_resources)
+    lt._trial = _trace.direct_trial if mode == "direct" else _trace.traced_trial
+    if mode == "direct":
+        # what run_study would pass for one-worker trials (see README: changes to lorsp/tune.py)
+        class ReusingTuneConfig(saved[1]):  # type: ignore[misc, valid-type]
+            def __init__(self, *a: Any, **kw: Any) -> None:
+                kw.setdefault("reuse_actors", True)
+                super().__init__(*a, **kw)
+
+        def with_resources(trainable: Any, resources: dict[str, float]) -> Any:
+            extra = {"gpu": gpus_per_trial} if gpus_per_trial else {}
+            return saved[2](trainable, {**resources, **extra})
+
+        ray.tune.TuneConfig, ray.tune.with_resources = ReusingTuneConfig, with_resources
+    try:
+        tick = time.time()
+        records = lt.run_study(study, callbacks=[timing_callback()], log=lambda m: None)
+        wall = time.time() - tick
+    finally:
+        lt._trial, ray.tune.TuneConfig, ray.tune.with_resources = saved
+        ray.shutdown()
+        for key in env:
+            os.environ.pop(key, None)
+    events: dict[str, dict[str, Any]] = defaultdict(dict)
+    results: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in trace_file.read_text().splitlines():
+        e = json.loads(line)
+        if e["event"] == "result":
+            results[e["trial"]].append(e)
+        else:
+            events[e["trial"]].setdefault(e["event"], e["t"])
+            if e["event"] == "trial_fn_start":
+                events[e["trial"]]["pid"] = e["pid"]
+    states = [r.state for r in records]
+    return {"mode": mode, "concurrency": concurrency, "cpus_per_trial": cpus, "gpus_per_trial": gpus_per_trial,
+            "wall_s": wall, "ray_init_s": ray_init_s, "events": dict(events), "results": dict(results),
+            "states": states, "work": str(work)}
+
+
+def summarise(run: dict[str, Any]) -> dict[str, Any]:
+    per_trial = []
+    for trial, ev in run["events"].items():
+        res = run["results"].get(trial, [])
+        if "tune_trial_start" not in ev or not res:
+            continue
+        ev = dict(ev)
+        ev["@imports_from"] = ev.get("worker_fn_start", ev.get("trial_fn_start"))
+        first_result = min(r["t"] for r in res)
+        epochs = [r["epoch_time_s"] for r in res if r.get("epoch_time_s") is not None]
+        end = ev.get("tune_trial_complete", ev.get("tune_trial_error", max(r["t"] for r in res)))
+        row = {
+            "start_to_first_step": ev.get("first_step", float("nan")) - ev["tune_trial_start"],
+            "first_result_minus_epoch": first_result - ev["tune_trial_start"] - (epochs[0] if epochs else 0.0),
+            "wall": end - ev["tune_trial_start"],
+            "overhead": end - ev["tune_trial_start"] - sum(epochs),
+            "epoch_time": statistics.mean(epochs) if epochs else float("nan"),
+            "pid": ev.get("pid"),
+        }
+        for label, a, b in SEGMENTS:
+            if a in ev and b in ev:
+                row[label] = ev[b] - ev[a]
+        per_trial.append(row)
+
+    def mean(key: str) -> float:
+        xs = [r[key] for r in per_trial if key in r and r[key] == r[key]]
+        return statistics.mean(xs) if xs else float("nan")
+
+    n = len(run["states"])
+    return {
+        "trials": n, "done": sum(s == "COMPLETE" for s in run["states"]), "per_trial": per_trial,
+        "trials_per_hour": 3600 * n / run["wall_s"],
+        **{k: mean(k) for k in ("start_to_first_step", "first_result_minus_epoch", "wall", "overhead", "epoch_time")},
+        "segments": {label: mean(label) for label, _, _ in SEGMENTS},
+        "trial_processes": len({r["pid"] for r in per_trial}),
+    }
+
+
+PIECES = r"""
+import json, time, os
+t = {}
+s = time.time(); import torch; t["import torch"] = time.time() - s
+s = time.time(); import timm; t["import timm (+torchvision)"] = time.time() - s
+s = time.time(); import lorsp.train; t["import lorsp.train (rest)"] = time.time() - s
+s = time.time(); import ray, ray.train, ray.tune; t["import ray, ray.train, ray.tune"] = time.time() - s
+from lorsp.config import load_study
+from lorsp.model import build_model
+study = load_study(os.environ["SPACE"]).resolved()
+s = time.time(); build_model(study, 10); t["build_model (quickstart)"] = time.time() - s
+import torch.distributed as dist
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
+s = time.time(); dist.init_process_group("gloo", rank=0, world_size=1); t["gloo process group, world 1"] = time.time() - s
+dist.destroy_process_group()
+print(json.dumps(t))
+"""
+
+
+def pieces(space: str) -> dict[str, float]:
+    """What the worker's start-up pieces cost alone, in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", PIECES], capture_output=True, text=True,
+                         env={**os.environ, "SPACE": space}, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", default=str(QUICKSTART))
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--concurrency", default="1,2", help="max_concurrent values, e.g. 1,2")
+    parser.add_argument("--modes", default="baseline,tuned,direct")
+    parser.add_argument("--cpus", type=int, default=None, help="CPUs Ray may use (default: all cores)")
+    parser.add_argument("--gpu-share", default=None,
+                        help="GPU fractional sharing: trials per GPU, e.g. 1,2,4 (gpus_per_worker 1/n); needs CUDA")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra study override, e.g. --set backbone.kwargs.depth=4")
+    parser.add_argument("--no-pieces", action="store_true", help="skip the stand-alone start-up costs")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = torch.device("cuda" if args.gpu_share else "cpu")
+    if args.gpu_share and not torch.cuda.is_available():
+        parser.error("--gpu-share needs a CUDA device")
+    print(f"# benchmarks/trials.py: {U.machine_line(device)}; study {args.space}, {args.trials} trials x "
+          f"{args.epochs} epochs")
+    runs = []
+    if args.gpu_share:
+        for share in [int(s) for s in args.gpu_share.split(",")]:
+            for mode in args.modes.split(","):
+                print(f"  running {mode}, {share} trial(s) per GPU ...", file=sys.stderr, flush=True)
+                runs.append(run_one(mode, share, args, gpus_per_trial=1.0 / share))
+    else:
+        for c in [int(s) for s in args.concurrency.split(",")]:
+            for mode in args.modes.split(","):
+                print(f"  running {mode}, {c} at a time ...", file=sys.stderr, flush=True)
+                runs.append(run_one(mode, c, args))
+    summaries = [summarise(r) for r in runs]
+
+    rows = []
+    for r, s in zip(runs, summaries):
+        share = f"{r['concurrency']}/GPU" if r["gpus_per_trial"] else f"{r['concurrency']}"
+        rows.append([r["mode"], share, f"{r['cpus_per_trial']:g}", f"{s['done']}/{s['trials']}", f"{r['wall_s']:.0f}",
+                     f"{s['trials_per_hour']:.0f}", f"{s['start_to_first_step']:.1f}", f"{s['first_result_minus_epoch']:.1f}",
+                     f"{s['overhead']:.1f}", f"{s['epoch_time']:.1f}", f"{s['trial_processes']}"])
+    print(U.table(["mode", "at a time", "CPUs/trial", "done", "study wall s", "trials/hour",
+                   "start->1st step s", "1st result - epoch s", "overhead/trial s", "epoch s", "trial procs"],
+                  rows, title="Trials: overhead and throughput (means over trials)"))
+    seg_rows = []
+    for label, _, _ in SEGMENTS:
+        seg_rows.append([label, *[f"{s['segments'][label]:.2f}" if s["segments"][label] == s["segments"][label]
+                                  else "-" for s in summaries]])
+    heads = [f"{r['mode']} x{r['concurrency']}" for r in runs]
+    print(U.table(["start-up segment (mean s)", *heads], seg_rows,
+                  title="Where trial start -> first step goes"))
+    piece_costs = {}
+    if not args.no_pieces:
+        piece_costs = pieces(args.space)
+        print(U.table(["piece (fresh interpreter, alone)", "s"], [[k, f"{v:.2f}"] for k, v in piece_costs.items()],
+                      title="Start-up pieces measured alone"))
+    U.dump_json(args.json, {"runs": runs, "summaries": summaries, "pieces": piece_costs})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
