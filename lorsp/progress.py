@@ -5,13 +5,10 @@ Plain lines rather than a live bar: under `ray job submit` the output is a log, 
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
 from ray.tune import Callback
-from rich.console import Console
-from rich.table import Table
 
 from lorsp.config import StudyConfig
 from lorsp.pareto import TrialRecord
@@ -71,36 +68,8 @@ class ProgressCallback(Callback):
         )
 
 
-def print_pareto_table(study: StudyConfig, records: list[TrialRecord], console: Console | None = None) -> None:
-    # Under `ray job submit` stdout is a log, not a terminal: do not squeeze the table to 80 columns.
-    console = console or Console(width=None if sys.stdout.isatty() else 160)
-    front = sorted((r for r in records if r.pareto), key=lambda r: r.number)
-    counted = {s: sum(1 for r in records if r.state == s) for s in ("COMPLETE", "FAIL", "PRUNED")}
-    partial = sum(1 for r in records if r.state == "COMPLETE" and not r.full_budget)
-    console.print(
-        f"study '{study.name}': {counted['COMPLETE']} complete ({partial} stopped early, not eligible), "
-        f"{counted['FAIL']} failed; Pareto front of {len(front)} over "
-        + ", ".join(f"{o.mode} {o.metric}" for o in study.objectives)
-    )
-    if not front:
-        return
-    params = sorted({k for r in front for k in r.params})
-    metrics = [o.metric for o in study.objectives] + [m for m in ("test_acc", "firing_rate") if any(m in r.values for r in front)]
-    metrics = list(dict.fromkeys(metrics))
-    table = Table(title="Pareto-optimal trials (selected on validation)")
-    table.add_column("trial", justify="right")
-    for name in params:
-        table.add_column(name, justify="right")
-    for name in metrics:
-        table.add_column(name, justify="right", style="bold" if name in {o.metric for o in study.objectives} else "")
-    for r in front:
-        table.add_row(str(r.number), *[_fmt(r.params.get(k)) for k in params], *[_fmt(r.values.get(m)) for m in metrics])
-    console.print(table)
+def print_pareto_table(study: StudyConfig, records: list[TrialRecord]) -> None:
+    """The end-of-search summary: counts, hypervolume and the table of Pareto-optimal trials."""
+    from lorsp.pareto import print_front, summarise
 
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value.is_integer() and abs(value) >= 10 else f"{value:.4g}"
-    return str(value)
+    print_front(study.name, records, summarise(records, [(o.metric, o.mode) for o in study.objectives]))

@@ -58,14 +58,19 @@ def default_root(study: StudyConfig) -> Path:
     return Path(study.tracking.root).expanduser().resolve()
 
 
-def storage_uri(study: StudyConfig, override: str | None = None) -> str:
-    """`--storage`, else `tracking.storage`, else an absolute sqlite file beside the MLflow store."""
-    uri = override or study.tracking.storage
-    if uri:
-        return uri
+def embedded_uri(study: StudyConfig, explicit: str | None, filename: str) -> str:
+    """`explicit` when given, else an absolute sqlite file under the study's root (a trial's
+    working directory is not the caller's, so a relative path would point elsewhere)."""
+    if explicit:
+        return explicit
     root = default_root(study)
     root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'optuna.db'}"
+    return f"sqlite:///{root / filename}"
+
+
+def storage_uri(study: StudyConfig, override: str | None = None) -> str:
+    """`--storage`, else `tracking.storage`, else sqlite beside the MLflow store."""
+    return embedded_uri(study, override or study.tracking.storage, "optuna.db")
 
 
 def rdb_storage(uri: str) -> optuna.storages.RDBStorage:

@@ -81,14 +81,9 @@ def _quiet_mlflow_logs() -> None:
 # ---------------------------------------------------------------- where the store is
 def tracking_uri(study: StudyConfig, override: str | None = None) -> str:
     """`override` (`--tracking-uri`), else `tracking.uri`, else the embedded sqlite store under the root."""
-    uri = override or study.tracking.uri
-    if uri:
-        return uri
-    from lorsp.search import default_root
+    from lorsp.search import embedded_uri
 
-    root = default_root(study)
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / 'mlflow.db'}"
+    return embedded_uri(study, override or study.tracking.uri, "mlflow.db")
 
 
 def is_server(uri: str) -> bool:
