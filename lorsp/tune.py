@@ -19,6 +19,11 @@ from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.data import DataError
 from lorsp.pareto import TrialRecord
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+"""Only the head node has it: trial drivers (and so their Ray Train controllers) stay there, and a
+lost worker node costs only the training workers, which resume from their checkpoint."""
+TRIAL_RETRIES = 2
+
 OPTUNA_TRIAL_KEY = "_optuna_trial"
 """Key of the Optuna trial number in a Tune trial's config; stripped before the config is applied."""
 
@@ -152,7 +157,8 @@ def _scheduler(study: StudyConfig) -> Any:
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=study.train.epochs,
+    # `epoch`, not `training_iteration`: after a retry the iteration count restarts, the epoch does not.
+    return ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode, max_t=study.train.epochs,
                          grace_period=min(s.grace_period, study.train.epochs), reduction_factor=s.reduction_factor)
 
 
@@ -240,14 +246,16 @@ def run_study(
     trainable = tune.with_parameters(_trial, study_json=study.model_dump_json(), splits_ref=[splits_ref],
                                      storage_path=storage_path)
     # The trial driver only waits on its trainer: it asks for memory, not a CPU that a worker could use.
-    trainable = tune.with_resources(trainable, {"cpu": study.resources.driver_cpus, "memory": 256 * 1024**2})
+    trainable = tune.with_resources(trainable, {"cpu": study.resources.driver_cpus, "memory": 256 * 1024**2,
+                                                HEAD_NODE_RESOURCE: 0.001})
     progress = ProgressCallback(study, total=todo)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(study), num_samples=todo,
                                     max_concurrent_trials=study.search.max_concurrent),
         run_config=tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
-                                  callbacks=[progress, *(callbacks or [])], verbose=0),
+                                  callbacks=[progress, *(callbacks or [])], verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)),
     )
     log(f"study '{study.name}': {todo} trials, {study.search.max_concurrent} at a time, sampler {study.search.sampler}, "
         f"objectives {', '.join(f'{o.mode} {o.metric}' for o in study.objectives)}; storage {uri}")

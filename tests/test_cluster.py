@@ -1,0 +1,489 @@
+"""lorsp on Ray clusters: the deployment files in cluster/, and real clusters on this machine.
+
+The first tests read the cloud configs and hold them to Ray's own cluster-config schema and to each
+other (images, volumes, secrets, service names). The others start real processes through
+`python -m lorsp.cluster` (PostgreSQL, an MLflow server, a Ray head and worker nodes, each a
+separate raylet with token auth), submit real studies with `ray job submit`, lose a worker node in
+the middle of a study, stop and resume the study driver, and check what ended up in PostgreSQL and
+MLflow. PostgreSQL comes from the system (`apt-get install -y postgresql`): without it these tests
+are skipped here and fail in CI.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from lorsp import cluster
+from lorsp.config import load_study
+from tests.conftest import REPO
+
+CLUSTER = REPO / "cluster"
+KUBERAY = CLUSTER / "kuberay"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+RAY = str(Path(sys.executable).parent / "ray")
+
+# Small trials: ~2 s an epoch on one CPU (batch 8 makes 25 steps of 200 images), so a worker node
+# can be lost in the middle of one.
+SMALL = ["--set", "data.max_train=200", "--set", "data.batch_size=8"]
+TRIALS = 4  # of the multi-node study: two at a time, so the first two run on w1 and w2
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+# ================================================================ the deployment files
+def test_launcher_config_passes_ray_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    full = prepare_config(copy.deepcopy(raw))  # merges Ray's AWS defaults, as `ray up` does
+    validate_config(full)                      # Ray's JSON schema for cluster configs
+    assert full["provider"]["type"] == "aws"
+    types = full["available_node_types"]
+    head = types[full["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}, "the head must not take training workers"
+    (gpu,) = [t for name, t in types.items() if name != full["head_node_type"]]
+    assert gpu["resources"]["GPU"] >= 1 and gpu["min_workers"] == 0 < gpu["max_workers"]
+    setup = "\n".join(full["setup_commands"])
+    assert "pip install" in setup and "-e ~/lorsp" in setup and "psycopg2" in setup
+    assert "/mnt/lorsp" in setup, "checkpoints need storage shared by all nodes"
+    assert full["file_mounts"]["~/lorsp"] == "." and "~/.ray/auth_token" in full["file_mounts"]
+    for command in (full["head_start_ray_commands"][-1], full["worker_start_ray_commands"][-1]):
+        assert "RAY_AUTH_MODE=token ray start" in command
+    assert "docker compose" in "\n".join(full["head_setup_commands"])
+    # The check is real: a broken value is refused.
+    bad = copy.deepcopy(raw)
+    bad["available_node_types"]["ray.worker.gpu"]["resources"] = "GPU"
+    with pytest.raises(Exception):
+        validate_config(prepare_config(bad))
+
+
+def test_kuberay_manifests_parse_and_agree():
+    kinds = {p.name: sorted(d["kind"] for d in _docs(p)) for p in KUBERAY.glob("*.yaml")}
+    assert kinds["raycluster.yaml"] == ["RayCluster"]
+    assert kinds["rayjob.yaml"] == ["RayJob"]
+    assert kinds["storage.yaml"] == ["PersistentVolumeClaim"]
+    assert {"Secret", "StatefulSet", "Deployment", "Service", "Job", "ConfigMap"} <= set(kinds["services.yaml"])
+    for path in KUBERAY.glob("*.yaml"):
+        for doc in _docs(path):
+            assert doc["apiVersion"] and doc["metadata"]["name"], path
+
+    (rc,) = _docs(KUBERAY / "raycluster.yaml")
+    (job,) = _docs(KUBERAY / "rayjob.yaml")
+    assert rc["apiVersion"] == job["apiVersion"] == "ray.io/v1"
+    spec = rc["spec"]
+    # The RayJob creates a cluster of exactly the RayCluster's shape.
+    assert job["spec"]["rayClusterSpec"] == spec
+    assert spec["authOptions"] == {"mode": "token"} and spec["enableInTreeAutoscaling"] is True
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    groups = spec["workerGroupSpecs"]
+    assert len(groups) == 1
+    gpu_group = groups[0]
+    assert gpu_group["minReplicas"] == 0 < gpu_group["maxReplicas"]
+    (worker,) = gpu_group["template"]["spec"]["containers"]
+    assert int(worker["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    for group in [spec["headGroupSpec"], *groups]:  # KubeRay wants every rayStartParams value a string
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
+
+    # Names that must line up across files: image, volume claim, Secret keys, Service names.
+    services = _docs(KUBERAY / "services.yaml")
+    by_kind: dict[str, list[dict]] = {}
+    for doc in services:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    (secret,) = by_kind["Secret"]
+    service_names = {s["metadata"]["name"] for s in by_kind["Service"]}
+    (pvc,) = _docs(KUBERAY / "storage.yaml")
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    pods = [spec["headGroupSpec"]["template"]["spec"], gpu_group["template"]["spec"]]
+    images = {c["image"] for pod in pods for c in pod["containers"]}
+    images |= {c["image"] for d in by_kind["Deployment"] for c in d["spec"]["template"]["spec"]["containers"]
+               if c["name"] == "mlflow"}
+    assert len(images) == 1, f"one lorsp image everywhere, got {images}"
+    for pod in pods:
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        assert claims == {pvc["metadata"]["name"]}
+    head_env = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    for var in head_env:
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+
+    # The RayJob runs the ViT study against the shared services.
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:5] == ["python", "-m", "lorsp.tune", "--space", "search_spaces/vit.yaml"]
+    tracking = argv[argv.index("--tracking-uri") + 1]
+    storage = argv[argv.index("--storage") + 1]
+    assert tracking.startswith("http://") and tracking.split("//")[1].split(":")[0] in service_names
+    assert storage.startswith("postgresql+psycopg2://") and storage.split("@")[1].split(":")[0] in service_names
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    study = load_study(REPO / "search_spaces" / "vit.yaml", sets)
+    assert study.tracking.root.startswith("/mnt/lorsp")  # the shared volume
+    mounts = {m["mountPath"] for m in worker["volumeMounts"]}
+    assert "/mnt/lorsp" in mounts
+
+
+def test_services_compose_file():
+    compose = yaml.safe_load((CLUSTER / "services" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "minio", "mlflow"} <= set(services)
+    command = services["mlflow"]["command"]
+    assert "--backend-store-uri postgresql+psycopg2://" in command and "--artifacts-destination s3://" in command
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    init = [v for v in services["postgres"]["volumes"] if "init-optuna.sql" in v]
+    assert init and "CREATE DATABASE optuna" in (CLUSTER / "services" / "init-optuna.sql").read_text()
+    env = (CLUSTER / "services" / "env.example").read_text()
+    assert "POSTGRES_PASSWORD=" in env and "MINIO_ROOT_PASSWORD=" in env
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        # The compose client checks the file without a running engine.
+        out = subprocess.run([docker, "compose", "--env-file", str(CLUSTER / "services" / "env.example"), "-f",
+                              str(CLUSTER / "services" / "compose.yaml"), "config", "-q"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+
+
+def test_every_cluster_file_is_documented_and_the_script_runs():
+    readme = (CLUSTER / "README.md").read_text()
+    for path in sorted(CLUSTER.rglob("*")):
+        if path.is_file() and path.name not in ("README.md", ".gitignore") and "__pycache__" not in path.parts:
+            assert str(path.relative_to(CLUSTER)) in readme, f"cluster/README.md does not mention {path.name}"
+    script = CLUSTER / "local.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and all(verb in out.stdout for verb in ("up", "status", "down", "kill-node"))
+
+
+@pytest.mark.parametrize("name", ["multinode", "resnet"])
+def test_cluster_study_files_load(name):
+    study = load_study(REPO / "search_spaces" / f"{name}.yaml")
+    assert study.resources.gpus_per_worker >= 1 and study.search.max_concurrent >= 1
+    if name == "multinode":
+        assert study.resources.workers_per_trial > 1  # one trial spans nodes
+
+
+# ================================================================ real clusters on this machine
+def _need_postgres() -> None:
+    if cluster.pg_bindir() is None:
+        reason = ("PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin): "
+                  "apt-get update && apt-get install -y postgresql")
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def _state_folder(prefix: str) -> Path:
+    # Under /tmp and world-traversable: as root, PostgreSQL runs as the `postgres` user.
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    folder.chmod(0o755)
+    return folder / "state"
+
+
+def _ray_env() -> dict[str, str]:
+    return dict(os.environ, RAY_AUTH_MODE="token")
+
+
+def _submit(state: dict[str, Any], args: list[str], *, wait: bool, timeout: float = 480) -> str:
+    """`ray job submit` of a lorsp.tune study, exactly as `up` prints it; returns the submission id."""
+    sid = f"lorsp-test-{secrets.token_hex(4)}"
+    cmd = cluster.submit_command(state, extra=args, working_dir=str(REPO))
+    cmd = [RAY, *cmd[1:3], "--submission-id", sid, *(["--no-wait"] if not wait else []), *cmd[3:]]
+    out = subprocess.run(cmd, env=_ray_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"ray job submit failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return sid
+
+
+def _job_logs(state: dict[str, Any], sid: str) -> str:
+    try:
+        return cluster.api_get(state, f"/api/jobs/{sid}/logs").get("logs", "")[-4000:]
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        return f"(no logs: {err})"
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float, state: dict[str, Any], sid: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        status = cluster.job_info(state, sid)["status"]
+        if status in ("FAILED", "STOPPED", "SUCCEEDED"):
+            found = check()
+            if found:
+                return found
+            pytest.fail(f"job {sid} ended {status} before {what}:\n{_job_logs(state, sid)}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{_job_logs(state, sid)}")
+
+
+def _trial_results(state: dict[str, Any], study: str) -> dict[str, list[dict[str, Any]]]:
+    """Every result each Tune trial reported, per trial id, over all drivers (jobs) of the study.
+
+    Tune's driver appends each result to result.json in its staging folder on the head (flushed at
+    once) and copies the folder to the runs folder from time to time and at the end; both are read,
+    and for each trial the longer record wins.
+    """
+    files = [*Path(state["runs"]).glob(f"ray/{study}-2*/*/result.json"),
+             *Path(state["ray_temp"]).glob(f"head/session_*/artifacts/*/{study}-2*/driver_artifacts/*/result.json")]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for file in files:
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for line in file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            rows.setdefault(row["trial_id"], []).append(row)
+        for trial_id, found in rows.items():
+            if len(found) > len(out.get(trial_id, [])):
+                out[trial_id] = found
+    return out
+
+
+@pytest.mark.slow
+def test_ray_job_submit_to_a_local_head():
+    """`ray start --head` (token auth), `ray job submit` of the quickstart study: SUCCEEDED; head stopped."""
+    folder = _state_folder("lorsp-head-")
+    state = None
+    try:
+        state = cluster.up(folder, workers=0, head_cpus=2, services=False, object_store_mb=256, quiet=True)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # token auth is on
+            urllib.request.urlopen(state["dashboard_url"] + "/api/jobs/", timeout=10)
+        assert refused.value.code == 401
+        sid = _submit(state, ["--set", "train.epochs=2", "--set", "data.max_train=200", "--num-samples", "2",
+                              "--name", "head-only"], wait=True)
+        assert cluster.job_info(state, sid)["status"] == "SUCCEEDED"
+        import optuna
+
+        stored = optuna.load_study(study_name="head-only", storage=f"sqlite:///{state['runs']}/optuna.db")
+        assert [t.state.name for t in stored.trials] == ["COMPLETE", "COMPLETE"]
+    finally:
+        if folder.exists():
+            cluster.down(folder, purge=True, quiet=True)
+        shutil.rmtree(folder.parent, ignore_errors=True)
+    assert state is not None and cluster.cluster_pids(state["id"]) == []
+
+
+@pytest.fixture(scope="module")
+def study_on_cluster():
+    """One study on head + 2 worker nodes, PostgreSQL and MLflow; a worker lost mid-trial; driver resumed.
+
+    1. `ray job submit --no-wait` of the quickstart study (4 trials, 4 epochs, 2 at a time).
+    2. As soon as a trial on w1 has reported (and checkpointed) an epoch, w1 is killed (SIGKILL of
+       its raylet, object store, agents and workers), and a replacement node joins, as an
+       autoscaler would add one.
+    3. Once that trial is complete, the driver is stopped (`ray job stop`) while later trials run,
+       and the study is submitted again with --resume. (Should every trial have ended already,
+       the study is extended by one trial first, so that there is a running driver to stop.)
+    Everything the tests check is read before `down`; `down` runs last, and what it left is kept.
+    """
+    _need_postgres()
+    folder = _state_folder("lorsp-cluster-")
+    started = time.monotonic()
+    state = cluster.up(folder, workers=2, head_cpus=0, worker_cpus=1, object_store_mb=256, quiet=True)
+    out: dict[str, Any] = {"state": state, "study": "multinode", "nodes_at_start": dict(state["nodes"]),
+                           "total": TRIALS}
+
+    def study_args(total: int) -> list[str]:
+        return [*SMALL, "--set", "train.epochs=4", "--num-samples", str(total), "--max-concurrent", "2",
+                "--name", out["study"]]
+
+    try:
+        import optuna
+
+        def stored_trials() -> list[Any]:
+            return optuna.load_study(study_name=out["study"], storage=state["storage_uri"]).get_trials(deepcopy=False)
+
+        first = _submit(state, study_args(TRIALS), wait=False)
+        w1 = state["nodes"]["w1"]["node_id"]
+
+        def running_on_w1() -> str | None:
+            for trial_id, rows in _trial_results(state, out["study"]).items():
+                last = rows[-1]
+                if last.get("node_id") == w1 and not last.get("finished") and last.get("epoch", 0) >= 1:
+                    return trial_id
+            return None
+
+        out["victim"] = _wait("a trial reporting from w1", running_on_w1, 400, state, first)
+        out["actors_at_kill"] = _live_actors(state)
+        cluster.kill_node(folder, "w1", quiet=True)
+        out["killed_after_epoch"] = _trial_results(state, out["study"])[out["victim"]][-1]["epoch"]
+        cluster.add_node(folder, quiet=True)  # w3: the replacement
+
+        def victim_complete() -> bool:
+            return any(t.user_attrs.get("tune_trial_id") == out["victim"] and t.state.name == "COMPLETE"
+                       for t in stored_trials())
+
+        _wait("the trial that lost its node to complete", victim_complete, 500, state, first)
+        running = first
+        if cluster.job_info(state, first)["status"] not in ("PENDING", "RUNNING"):
+            out["total"] = TRIALS + 1
+            before = set(_trial_results(state, out["study"]))
+            running = _submit(state, [*study_args(out["total"]), "--resume"], wait=False)
+            _wait("a trial of the extended study reporting",
+                  lambda: any(t not in before for t in _trial_results(state, out["study"])), 400, state, running)
+        stop = subprocess.run([RAY, "job", "stop", "--address", state["dashboard_url"], running], env=_ray_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, stop.stderr[-2000:]
+        out["stopped_status"] = cluster.job_info(state, running)["status"]
+        out["complete_before_resume"] = {t.number: t.values for t in stored_trials() if t.state.name == "COMPLETE"}
+
+        second = _submit(state, [*study_args(out["total"]), "--resume"], wait=True)
+        out["second_status"] = cluster.job_info(state, second)["status"]
+        out["second_logs"] = _job_logs(state, second)
+        out["results"] = _trial_results(state, out["study"])
+        out["trials"] = optuna.load_study(study_name=out["study"], storage=state["storage_uri"]).trials
+        out["mlflow"] = _mlflow_runs(state["tracking_uri"], out["study"])
+        out["postgres"] = _postgres_counts(state)
+        out["status_report"] = cluster.status(folder)
+    finally:
+        out["wall_s"] = time.monotonic() - started
+        try:
+            cluster.down(folder, quiet=True)
+        finally:
+            out["left_running"] = cluster.cluster_pids(state["id"])
+            cluster.down(folder, purge=True, quiet=True)
+            shutil.rmtree(folder.parent, ignore_errors=True)
+    print(f"\nmulti-node study on the local cluster: {out['wall_s']:.0f}s wall (up to down)", file=sys.stderr)
+    yield out
+
+
+def _live_actors(state: dict[str, Any]) -> list[dict[str, Any]]:
+    body = cluster.api_get(state, "/api/v0/actors?limit=10000&detail=false")
+    return [a for a in body["data"]["result"]["result"] if a.get("state") == "ALIVE"]
+
+
+def _mlflow_runs(uri: str, name: str) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return {"experiment": None, "children": []}
+    children = []
+    for run in client.search_runs([experiment.experiment_id], max_results=1000):
+        if "mlflow.parentRunId" not in run.data.tags:
+            continue
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        children.append({"tags": dict(run.data.tags), "status": run.info.status, "val_acc_steps": steps})
+    return {"experiment": experiment.experiment_id, "children": children}
+
+
+def _postgres_counts(state: dict[str, Any]) -> dict[str, int]:
+    """Row counts read with SQL from the PostgreSQL databases themselves (not through the APIs)."""
+    import psycopg2
+
+    pg = state["postgres"]
+    counts = {}
+    for db, query in (("mlflow", "SELECT count(*) FROM runs"), ("optuna", "SELECT count(*) FROM trials")):
+        with psycopg2.connect(host="127.0.0.1", port=pg["port"], user=cluster.PG_USER, password=pg["password"],
+                              dbname=db) as conn, conn.cursor() as cursor:
+            cursor.execute(query)
+            counts[db] = cursor.fetchone()[0]
+    return counts
+
+
+@pytest.mark.slow
+def test_study_runs_on_both_worker_nodes_and_records_in_postgres(study_on_cluster):
+    out = study_on_cluster
+    assert out["second_status"] == "SUCCEEDED", out["second_logs"]
+    nodes = out["nodes_at_start"]
+    first_node = {tid: rows[0]["node_id"] for tid, rows in out["results"].items()}
+    assert {nodes["w1"]["node_id"], nodes["w2"]["node_id"]} <= set(first_node.values()), first_node
+    assert nodes["head"]["node_id"] not in first_node.values(), "the head (0 CPUs) must not train"
+    # Optuna storage and MLflow backend are the PostgreSQL databases.
+    assert out["state"]["storage_uri"].startswith("postgresql+psycopg2://")
+    assert out["postgres"]["optuna"] == len(out["trials"]) > 0
+    assert out["postgres"]["mlflow"] >= 1
+    mlflow = out["mlflow"]
+    if mlflow["children"] or mlflow["experiment"] is not None:
+        # One child run per trial, each tagged with the node its trial started on.
+        assert out["postgres"]["mlflow"] == len(mlflow["children"]) + 1  # + the study's parent run
+        tagged = {c["tags"]["tune_trial_id"]: c["tags"].get("node_id") for c in mlflow["children"]}
+        for tid, node in first_node.items():
+            assert tagged.get(tid) == node, (tid, tagged)
+        assert {nodes["w1"]["node_id"], nodes["w2"]["node_id"]} <= set(tagged.values())
+    else:
+        pytest.fail("no MLflow experiment for the study: is lorsp.tracking recording (tune_callbacks)?")
+
+
+@pytest.mark.slow
+def test_trial_drivers_run_on_the_head(study_on_cluster):
+    """A trial's driver (Tune's function actor) and its Ray Train controller live on the head, so losing
+    a worker node takes only training workers, which Ray Train restarts elsewhere."""
+    out = study_on_cluster
+    head = out["nodes_at_start"]["head"]["node_id"]
+    drivers = [a for a in out["actors_at_kill"] if a["class_name"] in ("ImplicitFunc", "TrainController")]
+    workers = [a for a in out["actors_at_kill"] if a["class_name"] == "RayTrainWorker"]
+    assert drivers and workers
+    assert {a["node_id"] for a in drivers} == {head}, [(a["class_name"], a["node_id"][:8]) for a in drivers]
+    assert head not in {a["node_id"] for a in workers}
+
+
+@pytest.mark.slow
+def test_lost_node_trial_resumes_from_its_checkpoint(study_on_cluster):
+    out = study_on_cluster
+    w1 = out["nodes_at_start"]["w1"]["node_id"]
+    rows = out["results"][out["victim"]]
+    epochs = [int(r["epoch"]) for r in rows]
+    assert epochs == list(range(1, len(epochs) + 1)), f"epochs must continue, never restart: {epochs}"
+    assert epochs[-1] == 4 and rows[-1]["finished"] == 1.0
+    on_w1 = [r for r in rows if r["node_id"] == w1]
+    after = [r for r in rows if r["node_id"] != w1]
+    assert on_w1 and after, [(r["epoch"], r["node_id"][:8]) for r in rows]
+    assert rows.index(after[0]) == len(on_w1), "once w1 is gone, no result comes from it"
+    # Resumed from the checkpoint of its last epoch on w1, not from zero.
+    assert int(after[0]["epoch"]) == int(on_w1[-1]["epoch"]) + 1 > 1
+    assert int(out["killed_after_epoch"]) >= 1
+    (trial,) = [t for t in out["trials"] if t.user_attrs.get("tune_trial_id") == out["victim"]]
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["full_budget"] and trial.user_attrs["epochs_done"] == 4
+
+
+@pytest.mark.slow
+def test_stopped_driver_resumes_and_nothing_is_lost_or_recorded_twice(study_on_cluster):
+    out = study_on_cluster
+    assert out["stopped_status"] == "STOPPED"
+    trials = out["trials"]
+    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
+    counted = [t for t in trials if not t.user_attrs.get("interrupted")]
+    assert len(counted) == out["total"], [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert all(t.state.name == "COMPLETE" for t in counted)
+    assert all(t.state.name == "FAIL" for t in interrupted)  # honestly marked, never counted
+    # Trials finished before the driver stopped are still there, unchanged.
+    after = {t.number: t.values for t in trials if t.state.name == "COMPLETE"}
+    for number, values in out["complete_before_resume"].items():
+        assert after[number] == values
+    ids = [t.user_attrs.get("tune_trial_id") for t in trials if t.user_attrs.get("tune_trial_id")]
+    assert len(ids) == len(set(ids)), "a Tune trial recorded in two Optuna trials"
+    for tid, rows in out["results"].items():  # every epoch reported once
+        epochs = [int(r["epoch"]) for r in rows]
+        assert len(epochs) == len(set(epochs)), (tid, epochs)
+    children = out["mlflow"]["children"]
+    numbers = [c["tags"].get("optuna_trial") for c in children]
+    assert len(numbers) == len(set(numbers)), f"a trial recorded in two MLflow runs: {numbers}"
+    for child in children:
+        assert len(child["val_acc_steps"]) == len(set(child["val_acc_steps"])), child["tags"].get("optuna_trial")
+    finished = {c["tags"]["optuna_trial"] for c in children if c["status"] == "FINISHED"}
+    assert finished == {str(t.number) for t in counted}
+
+
+@pytest.mark.slow
+def test_down_leaves_no_process_of_the_cluster(study_on_cluster):
+    out = study_on_cluster
+    assert out["status_report"]["ok"], out["status_report"]
+    assert out["left_running"] == []
