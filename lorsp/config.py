@@ -376,6 +376,8 @@ def _check_names(study: StudyConfig) -> None:
 def check_backbone_name(name: str) -> None:
     import timm
 
+    import lorsp.backbones  # noqa: F401  (registers lorsp's own models with timm)
+
     base = name.split(".", 1)[0]
     if timm.is_model(base) or timm.is_model(name):
         return

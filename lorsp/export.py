@@ -224,7 +224,7 @@ def _backbone_source(config: StudyConfig, saved: bool) -> str:
             import timm
 
             cfg = timm.models.get_pretrained_cfg(b.model)
-            hub = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None)
+            hub = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or getattr(cfg, "file", None)
             if hub:
                 where += f" ({hub})"
         except Exception:

@@ -61,6 +61,8 @@ def create_backbone(cfg: BackboneConfig, image_size: int) -> nn.Module:
     """A headless timm model (`num_classes=0` gives pooled features) for `image_size` inputs."""
     import timm
 
+    import lorsp.backbones  # noqa: F401  (registers lorsp's own models with timm)
+
     check_backbone_name(cfg.model)
     kwargs: dict[str, Any] = {**cfg.kwargs, "num_classes": 0}
     pretrained = cfg.pretrained and not cfg.checkpoint

@@ -95,8 +95,11 @@ def test_export_pareto_then_load_predicts_like_the_trained_model(run, data, tmp_
         checkpoint = Path(child.data.tags["checkpoint_path"])
         trained, config = _trained_model(checkpoint)
         # The JSON describes the backbone, the method, the full config, metrics and the MLflow run.
-        assert meta["backbone"]["name"] == "vit_tiny_patch16_224" and meta["backbone"]["pretrained"] is False
-        assert meta["backbone"]["kwargs"] == config.backbone.kwargs and meta["backbone"]["weights_file"] == "backbone.safetensors"
+        assert meta["backbone"]["name"] == config.backbone.model == "vit_micro_patch4_16.gratings"
+        # Pretrained weights that lorsp.load rebuilds (here: the file shipped with lorsp) are not copied.
+        assert meta["backbone"]["pretrained"] is True and meta["backbone"]["weights_file"] is None
+        assert "vit_micro_patch4_16.gratings.safetensors" in meta["backbone"]["source"]
+        assert meta["backbone"]["kwargs"] == config.backbone.kwargs
         assert meta["method"] == "lorsp" and meta["hyperparameters"] == config.model_dump(mode="json")
         assert meta["params"] == record.params and meta["metrics"]["val_acc"] == record.values["val_acc"]
         assert meta["mlflow_run_id"] == child.info.run_id and meta["weights_from"].startswith("mlflow run")
@@ -108,6 +111,24 @@ def test_export_pareto_then_load_predicts_like_the_trained_model(run, data, tmp_
         assert isinstance(model, torch.nn.Module) and not model.training
         with torch.no_grad():
             torch.testing.assert_close(model(images), trained(images), rtol=0, atol=0)
+
+
+def test_include_backbone_exports_weights_that_load_on_their_own(run, data, tmp_path, capsys):
+    _, images = data
+    out = tmp_path / "with-backbone"
+    assert main(["--name", NAME, "--root", str(run["root"]), "--best", "val_acc", "--out", str(out),
+                 "--include-backbone"]) == 0
+    (row,) = pq.read_table(out / "manifest.parquet").to_pylist()
+    folder = Path(row["path"])
+    meta = json.loads((folder / "lorsp.json").read_text())
+    assert meta["backbone"]["weights_file"] == "backbone.safetensors"
+    saved = load_file(str(folder / "backbone.safetensors"))
+    trained, _ = _trained_model(Path(_children(run)[row["trial"]].data.tags["checkpoint_path"]))
+    assert saved.keys() == trained.backbone.state_dict().keys()
+    model = lorsp.load(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), trained(images), rtol=0, atol=0)
+    capsys.readouterr()
 
 
 def test_best_and_run_id_choose_the_right_trial(run, tmp_path, capsys):

@@ -73,7 +73,8 @@ def test_diverging_loss_is_a_clear_error(tmp_path: Path):
 
 
 def test_trained_lorsp_prompt_is_sparse():
-    study = load_study(QUICKSTART, [*FAST, "train.epochs=3"]).resolved()
+    # A threshold the factors reach within 3 short epochs (the quickstart's 0.5 needs longer runs).
+    study = load_study(QUICKSTART, [*FAST, "train.epochs=3", "prompt.threshold=0.1"]).resolved()
     metrics = train_loop(study, verbose=False)
     assert 0.0 < metrics["prompt_density"] < 1.0
     assert 0.0 < metrics["firing_rate"] < 1.0
