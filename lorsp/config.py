@@ -164,10 +164,34 @@ class SearchConfig(_Section):
 
 
 class ResourcesConfig(_Section):
+    """What one trial gets, and how its training processes are started.
+
+    `launcher` (`auto`, the default, picks by `workers_per_trial`):
+    * `inline`: the Tune trial process runs the training loop itself and is reused by the next trial,
+      so torch and timm are imported once per process instead of once per trial (1 worker only);
+    * `ray_train`: the trial fits a Ray Train `TorchTrainer` whose workers train under DDP; a
+      controller and fresh worker processes per trial cost tens of seconds of start-up on a small
+      machine, which is noise beside a multi-GPU trial and decisive for a quickstart trial.
+    """
+
     workers_per_trial: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
-    driver_cpus: float = Field(0.0, ge=0)  # the light Tune driver of each trial
+    driver_cpus: float = Field(0.0, ge=0)  # the light Tune driver of each ray_train trial
+    launcher: Literal["auto", "inline", "ray_train"] = "auto"
+
+    @model_validator(mode="after")
+    def _inline_is_one_worker(self) -> "ResourcesConfig":
+        if self.launcher == "inline" and self.workers_per_trial > 1:
+            raise ValueError(
+                f"launcher 'inline' runs one worker per trial, but workers_per_trial is "
+                f"{self.workers_per_trial}; set launcher: ray_train (or auto) for DDP trials"
+            )
+        return self
+
+    @property
+    def uses_ray_train(self) -> bool:
+        return self.launcher == "ray_train" or (self.launcher == "auto" and self.workers_per_trial > 1)
 
 
 class TrackingConfig(_Section):

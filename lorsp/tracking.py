@@ -435,7 +435,10 @@ class MLflowCallback(Callback):
         run_id = self._run_id(trial)
         if run_id is None:
             return
-        result = self._last.get(trial.trial_id) or dict(getattr(trial, "last_result", None) or {})
+        last = dict(getattr(trial, "last_result", None) or {})
+        result = self._last.get(trial.trial_id) or last
+        # Inline trials get their checkpoint path only after the result (lorsp.tune._checkpoint_path_callback).
+        checkpoint = result.get("checkpoint_path") or last.get("checkpoint_path")
         full = _is_number(result.get("finished")) and float(result["finished"]) == 1.0 and not failed
         status = "FINISHED" if full else ("FAILED" if failed else "KILLED")
         epochs = int(result.get("epoch", 0) or 0)
@@ -446,15 +449,15 @@ class MLflowCallback(Callback):
         tags["end_reason"] = reason
         if failed:
             tags["error"] = str(result["error"])[:500] if result.get("error") else _trial_error(trial)
-        if result.get("checkpoint_path"):
-            tags["checkpoint_path"] = result["checkpoint_path"]
+        if checkpoint:
+            tags["checkpoint_path"] = checkpoint
         final = {k: result[k] for k in FINAL_METRICS if _is_number(result.get(k)) and k not in EPOCH_METRICS}
         final["epochs_done"] = float(epochs)
         what = f"closing the run of trial {trial.trial_id}"
         self._safely(what, lambda: self.store.log_metrics(run_id, final, epochs))
         self._safely(what, lambda: self.store.set_tags(run_id, tags))
         self._safely(f"uploading the checkpoint of trial {trial.trial_id}",
-                     lambda: self.store.log_checkpoint(run_id, result.get("checkpoint_path")))
+                     lambda: self.store.log_checkpoint(run_id, checkpoint))
         self._safely(what, lambda: self.store.client.set_terminated(run_id, status))
 
 
@@ -657,11 +660,13 @@ def fetch_checkpoint(location: str, dest: Path) -> Path | None:
 
 
 def find_checkpoint(study: StudyConfig, record: TrialRecord) -> str | None:
-    """The Ray Train checkpoint folder of a trial's last reported epoch, found on disk.
+    """The checkpoint folder of a trial's last reported epoch, found on disk.
 
-    Uses the trial's stored `checkpoint_path` when the searcher recorded one, else looks in
-    `<root>/ray/<study>-<tune trial id>/checkpoint_*` and takes the one whose epoch matches the
-    epochs the trial reported (a stopped trial may have written one more before it was stopped).
+    Uses the trial's stored `checkpoint_path` when the searcher recorded one, else looks where
+    the two launchers write (`<root>/ray/<study>-<tune trial id>/` for a Ray Train run,
+    `<root>/ray/<experiment>/<study>-<tune trial id>/` for an inline Tune trial) and takes the one
+    whose epoch matches the epochs the trial reported (a stopped trial may have written one more
+    before it was stopped).
     """
     stored = record.attrs.get("checkpoint_path")
     if stored and (Path(stored).is_dir() or "://" in str(stored)):
@@ -671,8 +676,10 @@ def find_checkpoint(study: StudyConfig, record: TrialRecord) -> str | None:
         return None
     from lorsp.search import default_root
 
-    folder = default_root(study) / "ray" / f"{study.name}-{tune_id}"
-    candidates = sorted(p for p in folder.glob("checkpoint_*") if (p / "prompt.safetensors").is_file())
+    ray_root = default_root(study) / "ray"
+    folder = f"{study.name}-{tune_id}"
+    found = [*ray_root.glob(f"{folder}/checkpoint_*"), *ray_root.glob(f"*/{folder}/checkpoint_*")]
+    candidates = sorted(p for p in found if (p / "prompt.safetensors").is_file())
     if not candidates:
         return None
     wanted = record.attrs.get("epochs_done")

@@ -1,9 +1,10 @@
 """`python -m lorsp.tune`: a multi-objective search where every trial is a Ray Train run.
 
 One process drives the study: it starts (or attaches to) Ray, opens the Optuna study in its RDB
-storage, and runs a Ray Tune experiment whose searcher is OptunaSearch. Each Tune trial is a light
-driver that fits a `TorchTrainer`; the trainer's workers run :func:`lorsp.train.train_loop`
-unchanged, under DDP when a trial has several workers.
+storage, and runs a Ray Tune experiment whose searcher is OptunaSearch. A trial runs
+:func:`lorsp.train.train_loop` unchanged, in one of two ways (`resources.launcher`): inline, in the
+Tune trial process, which Tune reuses from trial to trial (one worker; the default); or as a Ray
+Train run, a light Tune driver that fits a `TorchTrainer` whose workers train under DDP.
 """
 
 from __future__ import annotations
@@ -30,38 +31,56 @@ OPTUNA_TRIAL_KEY = "_optuna_trial"
 # Ray imports are deferred to the functions that need them so `--help` and config errors are instant.
 
 
-# ---------------------------------------------------------------- inside the Ray Train workers
-def _worker_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: the core training loop plus Ray's report/checkpoint plumbing."""
+# ---------------------------------------------------------------- the training inside a trial
+def _trial_study(study_json: str, params: dict[str, Any] | None = None) -> StudyConfig:
+    """The trial's resolved study, with torch threads taken from its CPU allocation."""
+    study = StudyConfig.model_validate_json(study_json)
+    if params:
+        study = study.with_params({k: v for k, v in params.items() if k != OPTUNA_TRIAL_KEY})
+    if study.train.threads is None:
+        # One trial must not oversubscribe the cores that Ray gave to its neighbours.
+        study.train.threads = max(1, int(study.resources.cpus_per_worker))
+    return study
+
+
+def _train(study: StudyConfig, splits_ref: list[Any], ray_lib: Any) -> str | None:
+    """Run :func:`lorsp.train.train_loop` for either launcher; return the divergence message, if any.
+
+    `ray_lib` is `ray.train` (in a Ray Train worker) or `ray.tune` (in an inline trial): both have
+    `report`, `Checkpoint` and `get_checkpoint`, the last being where a restarted trial resumes.
+    Metrics carry where the trial runs (node, GPU).
+    """
     import ray
-    import ray.train
-    import torch
 
     from lorsp.train import TrainingDiverged, train_loop
 
-    study = StudyConfig.model_validate_json(config["study"])
-    if study.train.threads is None:
-        # One trial must not oversubscribe the cores that Ray gave to its neighbours.
-        study.train.threads = max(1, int(config["cpus_per_worker"]))
-    splits = ray.get(config["splits"][0]) if config.get("splits") else None
-
+    splits = ray.get(splits_ref[0]) if splits_ref else None
     where = _placement()
+    checkpoint = ray_lib.get_checkpoint()
 
-    def report(metrics: dict[str, float], folder: str | None) -> None:
-        checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
-        ray.train.report({**metrics, **where}, checkpoint=checkpoint)
+    def forward(metrics: dict[str, float], folder: str | None) -> None:
+        ray_lib.report({**metrics, **where}, checkpoint=ray_lib.Checkpoint.from_directory(folder) if folder else None)
 
-    checkpoint = ray.train.get_checkpoint()
     try:
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                train_loop(study, report, splits=splits, resume_from=folder, verbose=False)
+                train_loop(study, forward, splits=splits, resume_from=folder, verbose=False)
         else:
-            train_loop(study, report, splits=splits, verbose=False)
+            train_loop(study, forward, splits=splits, verbose=False)
     except TrainingDiverged as err:
-        # Deterministic: retrying from a checkpoint would diverge again, so report it and stop.
-        ray.train.report({"diverged": 1.0, "error": str(err)})
-    del torch
+        return str(err)
+    return None
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (launcher `ray_train`)."""
+    import ray.train
+
+    study = StudyConfig.model_validate_json(config["study"])
+    error = _train(study, config["splits"], ray.train)
+    if error:
+        # Reported rather than raised: Ray Train would restart the worker group, and it would diverge again.
+        ray.train.report({"diverged": 1.0, "error": error})
 
 
 def _placement() -> dict[str, str]:
@@ -76,22 +95,43 @@ def _placement() -> dict[str, str]:
             "hostname": socket.gethostname(), "gpu": gpu}
 
 
-# ---------------------------------------------------------------- one Tune trial = one Ray Train run
-def _trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_path: str) -> None:
-    """A Tune trial: resolve the sampled parameters and fit a TorchTrainer with them."""
+# ---------------------------------------------------------------- one Tune trial
+def _inline_trial(params: dict[str, Any], study_json: str, splits_ref: Any) -> None:
+    """A one-worker trial that trains in the Tune trial process itself (launcher `inline`).
+
+    Tune reuses the process for the next trial, so only the first trial of a process pays for
+    starting it and importing torch and timm. Checkpoints go through Tune, which restores the
+    latest one when it retries a trial whose process or node died.
+    """
+    import logging
+
+    import ray.tune
+    import torch
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per stored checkpoint
+    study = _trial_study(study_json, params)
+    try:
+        error = _train(study, splits_ref, ray.tune)
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the next trial in this process may share the GPU with others
+    if error:
+        raise RuntimeError(error)
+
+
+def _ray_train_trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_path: str) -> None:
+    """A trial that fits a Ray Train `TorchTrainer` with the sampled parameters (launcher `ray_train`)."""
     import ray.train
     import ray.tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    params = {k: v for k, v in params.items() if k != OPTUNA_TRIAL_KEY}
-    study = StudyConfig.model_validate_json(study_json).with_params(params)
+    study = _trial_study(study_json, params)
     res = study.resources
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"study": study.model_dump_json(), "splits": splits_ref,
-                           "cpus_per_worker": res.cpus_per_worker},
+        train_loop_config={"study": study.model_dump_json(), "splits": splits_ref},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
             resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
@@ -109,6 +149,41 @@ def _trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_pat
     metrics = result.metrics or {}
     if metrics.get("diverged"):
         raise RuntimeError(str(metrics.get("error", "training diverged")))
+
+
+def _trainable(study: StudyConfig, splits_ref: Any, storage_path: str) -> Any:
+    """The Tune trainable for this study's launcher, with the resources its trials ask for."""
+    from ray import tune
+
+    res = study.resources
+    # Wrapped in a list: a bare ObjectRef parameter would be fetched into every trial driver and then
+    # copied into each worker's config; the list keeps it a reference that workers `ray.get` locally.
+    if res.uses_ray_train:
+        trainable = tune.with_parameters(_ray_train_trial, study_json=study.model_dump_json(),
+                                         splits_ref=[splits_ref], storage_path=storage_path)
+        # The trial driver only waits on its trainer: it asks for memory, not a CPU that a worker could use.
+        return tune.with_resources(trainable, {"cpu": res.driver_cpus, "memory": 256 * 1024**2,
+                                               HEAD_NODE_RESOURCE: 0.001})
+    trainable = tune.with_parameters(_inline_trial, study_json=study.model_dump_json(), splits_ref=[splits_ref])
+    return tune.with_resources(trainable, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
+
+
+def _checkpoint_path_callback() -> Any:
+    """A Tune callback that puts an inline trial's stored checkpoint path into its last result.
+
+    Ray Train trials get `checkpoint_path` in their results from `TuneReportCallback`; Tune keeps an
+    inline trial's path on the trial instead. Written into `trial.last_result`, which Tune hands to
+    the searcher and the callbacks when the trial ends, it makes both launchers look the same to
+    Optuna and MLflow.
+    """
+    from ray.tune import Callback
+
+    class CheckpointPath(Callback):
+        def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+            if trial.last_result is not None and checkpoint is not None:
+                trial.last_result["checkpoint_path"] = checkpoint.path
+
+    return CheckpointPath()
 
 
 # ---------------------------------------------------------------- the driver
@@ -241,24 +316,25 @@ def run_study(
         f"loaded in {time.perf_counter() - tick:.1f}s")
 
     storage_path = str(default_root(study) / "ray")
-    # Wrapped in a list: a bare ObjectRef parameter would be fetched into every trial driver and then
-    # copied into each worker's config; the list keeps it a reference that workers `ray.get` locally.
-    trainable = tune.with_parameters(_trial, study_json=study.model_dump_json(), splits_ref=[splits_ref],
-                                     storage_path=storage_path)
-    # The trial driver only waits on its trainer: it asks for memory, not a CPU that a worker could use.
-    trainable = tune.with_resources(trainable, {"cpu": study.resources.driver_cpus, "memory": 256 * 1024**2,
-                                                HEAD_NODE_RESOURCE: 0.001})
+    # Tune snapshots the experiment every `num_to_keep` checkpoints and warns when that happens
+    # within 5 s; a quickstart epoch takes a second, and the snapshot is a small local copy.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     progress = ProgressCallback(study, total=todo)
+    inline = not study.resources.uses_ray_train
     tuner = tune.Tuner(
-        trainable,
+        _trainable(study, splits_ref, storage_path),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(study), num_samples=todo,
-                                    max_concurrent_trials=study.search.max_concurrent),
+                                    max_concurrent_trials=study.search.max_concurrent,
+                                    reuse_actors=inline,  # keeps torch/timm imported from trial to trial
+                                    trial_dirname_creator=lambda trial: f"{study.name}-{trial.trial_id}"),
         run_config=tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
-                                  callbacks=[progress, *(callbacks or [])], verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)),
+                                  callbacks=[_checkpoint_path_callback(), progress, *(callbacks or [])], verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
-    log(f"study '{study.name}': {todo} trials, {study.search.max_concurrent} at a time, sampler {study.search.sampler}, "
-        f"objectives {', '.join(f'{o.mode} {o.metric}' for o in study.objectives)}; storage {uri}")
+    launcher = "in the trial process" if inline else f"Ray Train, {study.resources.workers_per_trial} worker(s) each"
+    log(f"study '{study.name}': {todo} trials, {study.search.max_concurrent} at a time ({launcher}), "
+        f"sampler {study.search.sampler}, objectives {', '.join(f'{o.mode} {o.metric}' for o in study.objectives)}; storage {uri}")
     tuner.fit()
     return trial_records(study, optuna_storage)
 

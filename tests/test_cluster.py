@@ -283,7 +283,8 @@ def test_ray_job_submit_to_a_local_head():
 def study_on_cluster():
     """One study on head + 2 worker nodes, PostgreSQL and MLflow; a worker lost mid-trial; driver resumed.
 
-    1. `ray job submit --no-wait` of the quickstart study (4 trials, 4 epochs, 2 at a time).
+    1. `ray job submit --no-wait` of the quickstart study (4 trials, 4 epochs, 2 at a time) with
+       `resources.launcher=ray_train`.
     2. As soon as a trial on w1 has reported (and checkpointed) an epoch, w1 is killed (SIGKILL of
        its raylet, object store, agents and workers), and a replacement node joins, as an
        autoscaler would add one.
@@ -300,8 +301,10 @@ def study_on_cluster():
                            "total": TRIALS}
 
     def study_args(total: int) -> list[str]:
-        return [*SMALL, "--set", "train.epochs=4", "--num-samples", str(total), "--max-concurrent", "2",
-                "--name", out["study"]]
+        # Ray Train trials, though they have one worker each: this study checks that topology
+        # (drivers on the head, workers lost with their node); inline trials are tested in test_tune.
+        return [*SMALL, "--set", "train.epochs=4", "--set", "resources.launcher=ray_train",
+                "--num-samples", str(total), "--max-concurrent", "2", "--name", out["study"]]
 
     try:
         import optuna

@@ -47,6 +47,8 @@ def test_vit_study_parses():
         ({"search.sampler": "cmaes"}, "unknown value 'cmaes' for search.sampler"),
         ({"data.dataset": "imagenet-99"}, "data.dataset"),
         ({"objectives": [{"metric": "speed", "mode": "max"}]}, "objectives.metric"),
+        ({"resources.launcher": "fork"}, "resources.launcher"),
+        ({"resources.launcher": "inline", "resources.workers_per_trial": 2}, "launcher: ray_train"),
     ],
 )
 def test_bad_config_is_one_line(write_study, overrides, expected):
@@ -56,6 +58,12 @@ def test_bad_config_is_one_line(write_study, overrides, expected):
     message = str(err.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_launcher_auto_uses_ray_train_only_for_ddp_trials():
+    assert not load_study(QUICKSTART).resources.uses_ray_train  # one worker: trains in the trial process
+    assert load_study(QUICKSTART, ["resources.workers_per_trial=2"]).resources.uses_ray_train
+    assert load_study(QUICKSTART, ["resources.launcher=ray_train"]).resources.uses_ray_train
 
 
 def test_malformed_yaml_names_line(tmp_path: Path):

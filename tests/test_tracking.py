@@ -267,7 +267,9 @@ def test_study_recorded_as_parent_and_children(run):
         target.mkdir(parents=True, exist_ok=True)
         local = client.download_artifacts(child.info.run_id, "checkpoint/prompt.safetensors", str(target))
         checkpoint = Path(tags["checkpoint_path"])
-        assert checkpoint.parent.parent == root.resolve() / "ray"
+        # An inline trial's checkpoints: <root>/ray/<experiment>/<study>-<tune trial id>/checkpoint_*.
+        assert checkpoint.parent.name == f"{NAME}-{record.attrs['tune_trial_id']}"
+        assert root.resolve() / "ray" in checkpoint.parents
         assert Path(local).read_bytes() == (checkpoint / "prompt.safetensors").read_bytes()
         assert "head.weight" in load_file(local)
 

@@ -57,8 +57,37 @@ def test_quickstart_study_end_to_end_pareto(tmp_path, local_ray):
     for r in complete:
         assert 0.0 <= r.values["val_acc"] <= 1.0 and "test_acc" in r.values
         assert r.attrs["epochs_done"] == 2
+        # One-worker trials train inline; their stored checkpoint path reaches Optuna as Ray Train's does.
+        assert (Path(r.attrs["checkpoint_path"]) / "prompt.safetensors").is_file(), r.attrs
     # Two trials ran at a time: their (start, end) intervals overlap somewhere.
     assert len({r.attrs.get("tune_trial_id") for r in records}) == 4
+
+
+def test_inline_trial_whose_process_dies_resumes_from_its_checkpoint(tmp_path, local_ray):
+    import ray.tune
+
+    from lorsp.tune import run_study
+
+    study = _study(tmp_path, "killed", ["search.num_samples=1", "search.max_concurrent=1", "train.epochs=3"])
+    epochs: list[int] = []
+    pids: list[int] = []
+    killed: list[int] = []
+
+    class KillAfterFirstCheckpoint(ray.tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            epochs.append(int(result["epoch"]))
+            pids.append(int(result["pid"]))
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            if not killed:  # the trial's process dies once its epoch-1 checkpoint is stored
+                killed.append(int(trial.last_result["pid"]))
+                os.kill(killed[0], signal.SIGKILL)
+
+    (record,) = run_study(study, callbacks=[KillAfterFirstCheckpoint()])
+    assert killed and pids[0] == killed[0]
+    assert epochs == [1, 2, 3], epochs  # continued after epoch 1, never restarted from zero
+    assert pids[-1] != killed[0]  # a new process finished the trial
+    assert record.state == "COMPLETE" and record.full_budget and record.attrs["epochs_done"] == 3
 
 
 def test_two_ddp_workers_see_different_data(tmp_path, local_ray):
