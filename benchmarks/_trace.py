@@ -1,17 +1,14 @@
 """Timestamps from inside Ray trial and Train worker processes, for ``benchmarks/trials.py``.
 
-Nothing in ``lorsp`` is edited: ``trials.py`` swaps ``lorsp.tune._trial`` (looked up by
-``run_study`` when it builds the trainable) for :func:`traced_trial`, which logs and then calls
-the original; in the trial process it swaps ``lorsp.tune._worker_loop`` for
-:func:`traced_worker_loop` before the original builds its ``TorchTrainer``, and that one wraps
-``train_loop``, ``build_model`` and the first training batch before calling the original worker
-loop. Every event is one JSON line ``{trial, event, t}`` (wall clock, same machine) appended to
-the file named by ``LORSP_TRACE_FILE``. This module must be importable in Ray's worker processes:
-``trials.py`` puts the ``benchmarks`` folder on their ``PYTHONPATH``.
-
-:func:`direct_trial` is the measured alternative for one-worker trials: the same
-``train_loop`` run inside the Tune trial process (no Train controller, worker group or process
-group), reporting through ``ray.tune.report``; see ``benchmarks/README.md``.
+Nothing in ``lorsp`` is edited: ``trials.py`` swaps the trial functions of ``lorsp.tune``
+(looked up by ``run_study`` when it builds the trainable) for traced ones that log and then call
+the originals. :func:`traced_trial` (launcher ``ray_train``) also swaps ``lorsp.tune._worker_loop``
+for :func:`traced_worker_loop` before the original builds its ``TorchTrainer``;
+:func:`traced_inline_trial` (launcher ``inline``) trains in the trial process itself. Both wrap
+``train_loop``, ``build_model`` and the first training batch. Every event is one JSON line
+``{trial, event, t}`` (wall clock, same machine) appended to the file named by
+``LORSP_TRACE_FILE``. This module must be importable in Ray's worker processes: ``trials.py`` puts
+the ``benchmarks`` folder on their ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -24,7 +21,8 @@ from typing import Any
 import lorsp.tune as _tune
 
 TRACE_ENV = "LORSP_TRACE_FILE"
-_ORIGINAL_TRIAL = _tune._trial
+_ORIGINAL_TRIAL = _tune._ray_train_trial
+_ORIGINAL_INLINE_TRIAL = _tune._inline_trial
 _ORIGINAL_WORKER_LOOP = _tune._worker_loop
 
 
@@ -66,7 +64,7 @@ def _patch_fit(trial_id: str) -> None:
 
 
 def traced_trial(params: dict[str, Any], **kwargs: Any) -> None:
-    """``lorsp.tune._trial`` with timestamps (runs in the Tune trial process)."""
+    """``lorsp.tune._ray_train_trial`` with timestamps (runs in the Tune trial process)."""
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -134,53 +132,20 @@ def traced_worker_loop(config: dict[str, Any]) -> None:
     _ORIGINAL_WORKER_LOOP(config)
 
 
-def direct_trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_path: str) -> None:
-    """A one-worker trial without Ray Train: ``train_loop`` in the Tune trial process itself.
-
-    Same resolved study, same data reference, same metrics and checkpoints as ``lorsp.tune._trial``
-    (``ray.tune.report`` instead of ``ray.train.report``); with ``reuse_actors=True`` the trial
-    process, and with it the imported torch/timm, is kept from one trial to the next.
-    """
-    import ray
+def traced_inline_trial(params: dict[str, Any], **kwargs: Any) -> None:
+    """``lorsp.tune._inline_trial`` with timestamps (the trial process trains itself)."""
     import ray.tune
-
-    from lorsp.config import StudyConfig
-    from lorsp.tune import OPTUNA_TRIAL_KEY
 
     trial_id = ray.tune.get_context().get_trial_id()
     log(trial_id, "trial_process_start", process_start_time())
     log(trial_id, "trial_fn_start")
-    import timm  # noqa: F401
+    import timm  # noqa: F401  (free after the first trial of a reused process)
 
-    import lorsp.train as lt
+    import lorsp.train  # noqa: F401
 
     log(trial_id, "imports_done")
     _trace_training(trial_id)
-    params = {k: v for k, v in params.items() if k != OPTUNA_TRIAL_KEY}
-    study = StudyConfig.model_validate_json(study_json).with_params(params)
-    if study.train.threads is None:
-        study.train.threads = max(1, int(study.resources.cpus_per_worker))
-    splits = ray.get(splits_ref[0]) if splits_ref else None
-
-    where = _tune._placement()
-
-    def report(metrics: dict[str, float], folder: str | None) -> None:
-        checkpoint = ray.tune.Checkpoint.from_directory(folder) if folder else None
-        ray.tune.report({**metrics, **where}, checkpoint=checkpoint)
-
-    checkpoint = ray.tune.get_checkpoint()
     try:
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                lt.train_loop(study, report, splits=splits, resume_from=folder, verbose=False)
-        else:
-            lt.train_loop(study, report, splits=splits, verbose=False)
-    except lt.TrainingDiverged as err:
-        ray.tune.report({"diverged": 1.0, "error": str(err)})
-        raise RuntimeError(str(err)) from None
+        _ORIGINAL_INLINE_TRIAL(params, **kwargs)
     finally:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # a reused process must not sit on a shared GPU's memory
         log(trial_id, "trial_fn_end")

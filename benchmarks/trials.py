@@ -1,28 +1,28 @@
 """Trial overhead and trials per hour of a real study (``lorsp.tune.run_study``).
 
     python benchmarks/trials.py                                  # quickstart, 4 trials x 2 epochs, 1 and 2 at a time
-    python benchmarks/trials.py --modes baseline,tuned,direct --trials 6 --epochs 2 --concurrency 1,2
+    python benchmarks/trials.py --modes ray_train,tuned,inline --trials 6 --epochs 2 --concurrency 1,2
     python benchmarks/trials.py --gpu-share 1,2,4                # on a GPU machine with Ray: 1, 2, 4 trials per GPU
 
 Each (mode, concurrency) runs the quickstart study (``search_spaces/quickstart.yaml``) with a
 fresh temporary ``tracking.root`` and its own local Ray cluster (own temp dir, so a cluster
 someone else runs on this machine is never joined). Torch threads per trial come from the CPU
 allocation: ``cpus_per_worker = cores / concurrency`` and ``train.threads = null``, so
-``lorsp.tune._worker_loop`` sets the threads (quickstart.yaml pins ``threads: 1``).
+``lorsp.tune`` sets the threads (quickstart.yaml pins ``threads: 1``).
 
 Trial start -> first training step is measured without changing the training loop: the Tune
 trial function and the Train worker function are wrapped (``_trace.py``) to log wall-clock
 events, a Tune callback logs trial start / results / completion, and each trial's total
 overhead is its wall time minus the sum of the ``epoch_time_s`` it reported.
 
-Modes:
-  baseline  lorsp.tune as it is (Ray Train V2 defaults).
-  tuned     + Train V2 settings that cut per-trial work: no preemption-watcher actor, controller
-            poll every 0.2 s instead of 2 s, no Train metrics / structured logging / state
-            reconciliation (``TUNED_ENV``; to be set where ``lorsp.tune.init_ray`` starts Ray).
-  direct    one-worker trials without Ray Train: ``train_loop`` runs in the Tune trial process
-            (``_trace.direct_trial``) with ``reuse_actors=True``: no controller, worker group or
-            process group, and torch/timm stay imported from one trial to the next.
+Modes (``resources.launcher`` of the study, see lorsp/config.py):
+  ray_train  every trial fits a Ray Train ``TorchTrainer`` (Train V2 defaults): a controller and
+             fresh worker processes per trial, each importing torch and timm.
+  tuned      ray_train + Train V2 settings that cut per-trial work: no preemption-watcher actor,
+             controller poll every 0.2 s instead of 2 s, no Train metrics / structured logging /
+             state reconciliation (``TUNED_ENV``).
+  inline     the default for one-worker trials: ``train_loop`` runs in the Tune trial process,
+             which Tune reuses (``reuse_actors``), so torch/timm are imported once per process.
 """
 
 from __future__ import annotations
@@ -106,7 +106,6 @@ def timing_callback() -> Any:
 def run_one(mode: str, concurrency: int, args: argparse.Namespace, gpus_per_trial: float = 0.0) -> dict[str, Any]:
     """One study in a fresh local Ray cluster; returns wall time and per-trial events."""
     import ray
-    import ray.tune
 
     import _trace
     import lorsp.tune as lt
@@ -120,9 +119,8 @@ def run_one(mode: str, concurrency: int, args: argparse.Namespace, gpus_per_tria
         f"name=bench-{mode}-c{concurrency}-{int(time.time())}", f"tracking.root={work / 'runs'}",
         f"search.num_samples={args.trials}", f"search.max_concurrent={concurrency}", f"train.epochs={args.epochs}",
         "train.threads=null", f"resources.cpus_per_worker={cpus}", f"resources.gpus_per_worker={gpus_per_trial}",
+        f"resources.launcher={'inline' if mode == 'inline' else 'ray_train'}",
     ]
-    if mode == "direct":
-        overrides.append(f"resources.driver_cpus={cpus}")  # the trial process itself trains
     overrides += args.set
     study = load_study(args.space, overrides)
 
@@ -133,7 +131,7 @@ def run_one(mode: str, concurrency: int, args: argparse.Namespace, gpus_per_tria
            "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
            "RAY_TRAIN_CALLBACKS": "_trace_train.TraceTrainCallback",
            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    if mode in ("tuned", "direct"):
+    if mode == "tuned":
         env.update(TUNED_ENV)
     os.environ.update(env)  # the driver logs too, and Train reads its knobs from the environment
     tick = time.time()
@@ -143,26 +141,14 @@ def run_one(mode: str, concurrency: int, args: argparse.Namespace, gpus_per_tria
              log_to_driver=True, runtime_env={"env_vars": env})
     ray_init_s = time.time() - tick
 
-    saved = (lt._trial, ray.tune.TuneConfig, ray.tune.with_resources)
-    lt._trial = _trace.direct_trial if mode == "direct" else _trace.traced_trial
-    if mode == "direct":
-        # what run_study would pass for one-worker trials (see README: changes to lorsp/tune.py)
-        class ReusingTuneConfig(saved[1]):  # type: ignore[misc, valid-type]
-            def __init__(self, *a: Any, **kw: Any) -> None:
-                kw.setdefault("reuse_actors", True)
-                super().__init__(*a, **kw)
-
-        def with_resources(trainable: Any, resources: dict[str, float]) -> Any:
-            extra = {"gpu": gpus_per_trial} if gpus_per_trial else {}
-            return saved[2](trainable, {**resources, **extra})
-
-        ray.tune.TuneConfig, ray.tune.with_resources = ReusingTuneConfig, with_resources
+    saved = (lt._ray_train_trial, lt._inline_trial)
+    lt._ray_train_trial, lt._inline_trial = _trace.traced_trial, _trace.traced_inline_trial
     try:
         tick = time.time()
         records = lt.run_study(study, callbacks=[timing_callback()], log=lambda m: None)
         wall = time.time() - tick
     finally:
-        lt._trial, ray.tune.TuneConfig, ray.tune.with_resources = saved
+        lt._ray_train_trial, lt._inline_trial = saved
         ray.shutdown()
         for key in env:
             os.environ.pop(key, None)
@@ -252,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--concurrency", default="1,2", help="max_concurrent values, e.g. 1,2")
-    parser.add_argument("--modes", default="baseline,tuned,direct")
+    parser.add_argument("--modes", default="ray_train,tuned,inline")
     parser.add_argument("--cpus", type=int, default=None, help="CPUs Ray may use (default: all cores)")
     parser.add_argument("--gpu-share", default=None,
                         help="GPU fractional sharing: trials per GPU, e.g. 1,2,4 (gpus_per_worker 1/n); needs CUDA")
