@@ -25,15 +25,18 @@ from lorsp.data import BatchIterator, DataError, load_splits
 
 DEFAULT_MODEL = "vit_micro_patch4_16"
 DEFAULT_DATASET = "synthetic:4000"
+DEFAULT_IMAGE_SIZE = 16
+DEFAULT_EPOCHS = 30
+DEFAULT_LR = 2e-3
 
 
 def pretrain(
     model_name: str = DEFAULT_MODEL,
     *,
     dataset: str = DEFAULT_DATASET,
-    image_size: int = 16,
-    epochs: int = 30,
-    lr: float = 2e-3,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    epochs: int = DEFAULT_EPOCHS,
+    lr: float = DEFAULT_LR,
     weight_decay: float = 0.05,
     batch_size: int = 128,
     seed: int = 1,
@@ -105,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lorsp.pretrain", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"timm model name (default {DEFAULT_MODEL})")
     parser.add_argument("--dataset", default=DEFAULT_DATASET, help=f"source data set (default {DEFAULT_DATASET})")
-    parser.add_argument("--image-size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     args = parser.parse_args(argv)
