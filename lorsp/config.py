@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lorsp.metrics import METRICS, selection_error
+
 PROMPT_METHODS = ("none", "pad", "lorvp", "lorsp", "spike_nvpt")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
@@ -99,6 +101,9 @@ class SpaceParam(_Section):
     step: float | None = None
     choices: list[Any] | None = None
     default: Any = None
+    balanced: bool = False
+    """Categorical only: give every choice the same number of trials (e.g. one budget per method)
+    instead of letting the sampler favour one; the other knobs are still sampled."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "SpaceParam":
@@ -108,6 +113,8 @@ class SpaceParam(_Section):
             if self.default is not None and self.default not in self.choices:
                 raise ValueError(f"default {self.default!r} is not one of choices {self.choices}")
             return self
+        if self.balanced:
+            raise ValueError("`balanced: true` is for categorical knobs (e.g. method); remove it here")
         if self.low is None or self.high is None:
             raise ValueError(f"a {self.type} knob needs `low` and `high`")
         if self.low > self.high:
@@ -137,14 +144,34 @@ class SpaceParam(_Section):
 
 
 class Objective(_Section):
+    """One objective of the search; `mode` defaults to the metric's natural direction."""
+
     metric: str
-    mode: Literal["max", "min"]
+    mode: Literal["max", "min"] | None = None
+
+    @model_validator(mode="after")
+    def _selectable(self) -> "Objective":
+        problem = selection_error(self.metric, "objectives.metric")
+        if problem:
+            raise ValueError(problem)
+        if self.mode is None:
+            self.mode = METRICS[self.metric].mode
+        return self
 
 
 class SchedulerConfig(_Section):
     type: Literal["asha", "none"] = "asha"
     metric: str = "val_acc"
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] | None = None
+
+    @model_validator(mode="after")
+    def _selectable(self) -> "SchedulerConfig":
+        problem = selection_error(self.metric, "search.scheduler.metric")
+        if problem:
+            raise ValueError(problem)
+        if self.mode is None:
+            self.mode = METRICS[self.metric].mode
+        return self
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
 
@@ -200,10 +227,6 @@ class TrackingConfig(_Section):
     root: str = "lorsp-runs"  # where the embedded stores live
 
 
-METRICS = (
-    "val_acc", "test_acc", "train_acc", "loss", "prompt_density", "firing_rate",
-    "prompt_params", "trainable_params", "images_per_s",
-)
 DEFAULT_OBJECTIVES = [
     Objective(metric="val_acc", mode="max"),
     Objective(metric="prompt_density", mode="min"),
@@ -227,13 +250,14 @@ class StudyConfig(_Section):
     def _cross_checks(self) -> "StudyConfig":
         for key in self.space:
             space_target(key)  # raises on unknown knobs
-        for objective in self.objectives:
-            if objective.metric not in METRICS:
-                raise ValueError(_unknown("objectives.metric", objective.metric, METRICS))
         if not self.objectives:
             raise ValueError("objectives: list at least one {metric, mode}")
-        if self.search.scheduler and self.search.scheduler.metric not in METRICS:
-            raise ValueError(_unknown("search.scheduler.metric", self.search.scheduler.metric, METRICS))
+        names = [o.metric for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: each metric once, got {names}")
+        balanced = [k for k, p in self.space.items() if p.balanced]
+        if len(balanced) > 1:
+            raise ValueError(f"space: only one knob can be balanced, got {balanced}")
         return self
 
     def with_params(self, params: dict[str, Any]) -> "StudyConfig":

@@ -876,6 +876,13 @@ def load_splits(
     )
 
 
+def load_splits_for(data: Any) -> Splits:
+    """The splits a study's `data` section (a :class:`lorsp.config.DataConfig`) describes."""
+    return load_splits(data.dataset, image_size=data.image_size, val_fraction=data.val_fraction,
+                       test_fraction=data.test_fraction, seed=data.seed, max_train=data.max_train,
+                       root=data.root, image_column=data.image_column, label_column=data.label_column)
+
+
 # --------------------------------------------------------------------------------------------
 # Batches on the device
 # --------------------------------------------------------------------------------------------

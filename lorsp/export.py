@@ -35,14 +35,14 @@ from typing import Any
 
 import yaml
 
-from lorsp.config import METRICS, ConfigError, StudyConfig
+from lorsp.config import ConfigError, StudyConfig
+from lorsp.metrics import METRICS, selection_error
 
 FORMAT = "lorsp-export/1"
 META_FILE = "lorsp.json"
 PROMPT_FILE = "prompt.safetensors"
 BACKBONE_FILE = "backbone.safetensors"
 MANIFEST = "manifest"
-_MAX_MODES = {"val_acc", "test_acc", "train_acc", "images_per_s"}
 
 
 # ---------------------------------------------------------------- loading (no Ray, no MLflow)
@@ -105,10 +105,11 @@ def choose(records: list[Any], study: StudyConfig, *, pareto: bool = False, best
     if pareto:
         return sorted((r for r in eligible if r.pareto), key=lambda r: r.number)
     assert best is not None
-    if best not in METRICS:
-        raise ConfigError(f"--best {best}: unknown metric; choose one of {', '.join(METRICS)}")
+    problem = selection_error(best, "--best")
+    if problem:
+        raise ConfigError(problem)
     modes = {o.metric: o.mode for o in study.objectives}
-    mode = modes.get(best, "max" if best in _MAX_MODES else "min")
+    mode = modes.get(best, METRICS[best].mode)
     scored = [r for r in eligible if isinstance(r.values.get(best), (int, float))]
     if not scored:
         raise ConfigError(f"--best {best}: no full-budget trial recorded {best}")
@@ -150,7 +151,7 @@ def export_trial(study: StudyConfig, record: Any, out: Path, *, run: Any | None 
         "format": FORMAT,
         "study": study.name,
         "trial": record.number,
-        "tune_trial_id": record.attrs.get("tune_trial_id"),
+        "tune_trial_id": record.tune_trial_id,
         "mlflow_run_id": run.info.run_id if run is not None else None,
         "tracking_uri": store.uri if store is not None and run is not None else None,
         "weights_from": source,
@@ -257,7 +258,7 @@ def _versions() -> dict[str, str]:
 
 def write_manifest(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
     """Merge `rows` into OUT/manifest.{parquet,csv} (a re-exported trial replaces its old row)."""
-    from lorsp.pareto import write_table
+    from lorsp.report import write_table
 
     existing: list[dict[str, Any]] = []
     old = out / f"{MANIFEST}.parquet"
@@ -361,11 +362,12 @@ def export(name: str, out: str | Path, *, pareto: bool = False, run_id: str | No
            register_as: str | None = None, storage: str | None = None, root: str | None = None,
            tracking: str | None = None, include_backbone: bool = False) -> list[dict[str, Any]]:
     """Export the chosen trials of a stored study; returns the manifest rows written."""
-    from lorsp.pareto import open_stored_study
-    from lorsp.search import trial_records
+    from lorsp.search import open_stored_study, trial_records
 
     if sum(bool(x) for x in (pareto, run_id, best)) != 1:
         raise ConfigError("choose exactly one of --pareto, --run-id ID, --best METRIC")
+    if best and selection_error(best, "--best"):
+        raise ConfigError(selection_error(best, "--best"))
     study, opened, _ = open_stored_study(name, storage, root)
     records = trial_records(study, opened)
     if not records:

@@ -1,6 +1,7 @@
-"""What a person watching a study sees: one line per finished trial and the Pareto table at the end.
+"""What a person watching a study sees: one line per ended trial and the Pareto table at the end.
 
 Plain lines rather than a live bar: under `ray job submit` the output is a log, not a terminal.
+A failed trial gets one line with its reason; its traceback goes to its MLflow run and trial log.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Any
 from ray.tune import Callback
 
 from lorsp.config import StudyConfig
+from lorsp.outcome import outcome_of
 from lorsp.pareto import TrialRecord
+from lorsp.search import TRIAL_KEY
 
 
 class ProgressCallback(Callback):
@@ -19,57 +22,51 @@ class ProgressCallback(Callback):
 
     def __init__(self, study: StudyConfig, total: int) -> None:
         self.objectives = [(o.metric, o.mode) for o in study.objectives]
-        self.max_t = study.train.epochs
         self.total = total
         self.started = time.perf_counter()
         self.running: set[str] = set()
-        self.done = self.stopped = self.failed = 0
+        self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
         self.best: dict[str, float] = {}
-        self.first_result: dict[str, float] = {}
-        self.trial_start: dict[str, float] = {}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
-        self.trial_start[trial.trial_id] = time.perf_counter()
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        self.first_result.setdefault(trial.trial_id, time.perf_counter() - self.trial_start.get(trial.trial_id, self.started))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.running.discard(trial.trial_id)
-        result = trial.last_result or {}
-        full = bool(result.get("finished"))
-        if full:
-            self.done += 1
-            for metric, mode in self.objectives:
-                if metric in result:
-                    old = self.best.get(metric)
-                    better = old is None or (result[metric] > old if mode == "max" else result[metric] < old)
-                    self.best[metric] = result[metric] if better else old
-        else:
-            self.stopped += 1
-        what = "finished" if full else f"stopped early after epoch {int(result.get('epoch', 0))}"
-        self._line(trial, what, result)
+        self._ended(trial, errored=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.running.discard(trial.trial_id)
-        self.failed += 1
-        self._line(trial, "FAILED", {})
+        self._ended(trial, errored=True)
 
-    def _line(self, trial: Any, what: str, result: dict) -> None:
-        shown = "  ".join(f"{m} {result[m]:.4g}" for m, _ in self.objectives if isinstance(result.get(m), (int, float)))
+    def _ended(self, trial: Any, errored: bool) -> None:
+        self.running.discard(trial.trial_id)
+        result = trial.last_result or {}
+        outcome = outcome_of(result, errored=errored)
+        self.counts[outcome.state] = self.counts.get(outcome.state, 0) + 1
+        if outcome.state == "COMPLETE":
+            for metric, mode in self.objectives:
+                value = result.get(metric)
+                if isinstance(value, (int, float)):
+                    old = self.best.get(metric)
+                    better = old is None or (value > old if mode == "max" else value < old)
+                    self.best[metric] = value if better else old
+        number = ((trial.config or {}).get(TRIAL_KEY) or {}).get("number")
+        name = f"trial {number}" if number is not None else f"trial {trial.trial_id}"
+        shown = "" if outcome.state == "FAIL" else "  " + "  ".join(
+            f"{m} {result[m]:.4g}" for m, _ in self.objectives if isinstance(result.get(m), (int, float)))
         best = "  ".join(f"{m} {v:.4g}" for m, v in self.best.items())
-        ended = self.done + self.stopped + self.failed
+        ended = sum(self.counts.values())
+        c = self.counts
         print(
-            f"[{ended}/{self.total} ended: {self.done} full, {self.stopped} stopped, {self.failed} failed; "
+            f"[{ended}/{self.total} ended: {c['COMPLETE']} full, {c['PRUNED']} stopped, {c['FAIL']} failed; "
             f"{len(self.running)} running; {time.perf_counter() - self.started:.0f}s] "
-            f"trial {trial.trial_id} {what}  {shown}" + (f"  | best: {best}" if best else ""),
+            f"{name} {outcome.reason}{shown}" + (f"  | best: {best}" if best else ""),
             flush=True,
         )
 
 
 def print_pareto_table(study: StudyConfig, records: list[TrialRecord]) -> None:
     """The end-of-search summary: counts, hypervolume and the table of Pareto-optimal trials."""
-    from lorsp.pareto import print_front, summarise
+    from lorsp.pareto import summarise
+    from lorsp.report import print_front
 
     print_front(study.name, records, summarise(records, [(o.metric, o.mode) for o in study.objectives]))

@@ -1,11 +1,17 @@
-"""The Optuna side of a study: search space, sampler, the persistent study and its trials.
+"""The Optuna side of a study: the conditional search space, the sampler, the persistent study
+and its trials.
 
 The Optuna RDB storage is the study's source of truth: it outlives the Ray cluster, so `--resume`
-and the Pareto/export tools read it rather than Ray's own experiment folder.
+and the Pareto/export tools read it rather than Ray's own experiment folder. A trial's Optuna state
+says how it ended (see :mod:`lorsp.outcome`): only COMPLETE trials ran their full budget, so
+Optuna's own ``study.best_trials`` is the Pareto front, and an interrupted trial waits (WAITING)
+until ``--resume`` asks for it again and finishes it under the same number.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,47 +19,157 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from lorsp.config import ConfigError, StudyConfig
+from lorsp.config import ConfigError, SpaceParam, StudyConfig, space_target
 from lorsp.pareto import TrialRecord, rank_trials
 
-# Attributes set on every Optuna trial by the searcher when the Tune trial ends.
-FULL_BUDGET = "full_budget"
-EPOCHS_DONE = "epochs_done"
+# User attributes of every Optuna trial (written by lorsp.tune's searcher).
 TUNE_TRIAL_ID = "tune_trial_id"
-INTERRUPTED = "interrupted"
+EPOCHS_DONE = "epochs_done"
+CHECKPOINT = "checkpoint_path"
+ERROR = "error"
+INTERRUPTIONS = "interruptions"
 METRICS_PREFIX = "metric:"
 STUDY_CONFIG_ATTR = "lorsp_study_config"
+
+TRIAL_KEY = "_lorsp_trial"
+"""Key, in a Tune trial's config, of what the trial needs beyond its sampled parameters: its Optuna
+trial number and, for a trial resumed after an interruption, the checkpoint to continue from."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def distributions(study: StudyConfig) -> dict[str, BaseDistribution]:
-    """The YAML `space:` as Optuna distributions (Optuna, not Tune, owns the sampling)."""
-    out: dict[str, BaseDistribution] = {}
-    for name, p in study.space.items():
-        if p.type == "categorical":
-            out[name] = CategoricalDistribution(p.choices)
-        elif p.type == "int":
-            out[name] = IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-        else:
-            out[name] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-    if not out:
-        raise ConfigError("space: is empty; a search needs at least one knob (see search_spaces/quickstart.yaml)")
+# ---------------------------------------------------------------- the space
+def _distribution(knob: SpaceParam) -> BaseDistribution:
+    if knob.type == "categorical":
+        return CategoricalDistribution(knob.choices)
+    if knob.type == "int":
+        return IntDistribution(int(knob.low), int(knob.high), log=knob.log, step=int(knob.step or 1))
+    return FloatDistribution(knob.low, knob.high, log=knob.log, step=knob.step)
+
+
+def method_knobs() -> dict[str, tuple[str, ...]]:
+    """Prompt settings each method uses: the prompters' own `knobs`, the one place that says it."""
+    from lorsp.prompts import PROMPTERS
+
+    return {name: cls.knobs for name, cls in PROMPTERS.items()}
+
+
+def _methods(study: StudyConfig) -> list[str]:
+    knob = study.space.get("method")
+    return list(knob.choices) if knob is not None else [study.prompt.method]
+
+
+def used_knobs(study: StudyConfig, method: str) -> list[str]:
+    """The space knobs a trial of `method` samples: every train/data knob, and the prompt knobs
+    the method reads. A knob the method ignores is not sampled, so it neither costs the sampler a
+    dimension nor shows up as a parameter the trial never used."""
+    owned = method_knobs()[method]
+    out = []
+    for name in study.space:
+        if name == "method":
+            continue
+        section, field = space_target(name)
+        if section != "prompt" or field in owned:
+            out.append(name)
     return out
 
 
-def create_sampler(study: StudyConfig) -> optuna.samplers.BaseSampler:
+def check_space(study: StudyConfig) -> None:
+    """Refuse a space that cannot be searched, before Ray starts: empty, or a knob no method reads."""
+    if not study.space:
+        raise ConfigError("space: is empty; a search needs at least one knob (see search_spaces/quickstart.yaml)")
+    owners = method_knobs()
+    methods = _methods(study)
+    for name in study.space:
+        section, field = space_target(name)
+        if section == "prompt" and field != "method" and not any(field in owners[m] for m in methods):
+            users = [m for m, knobs in owners.items() if field in knobs]
+            raise ConfigError(
+                f"space.{name}: no method of this study uses it ({', '.join(methods)}); "
+                f"it is a knob of {', '.join(users) or 'no method'}: remove it or add such a method"
+            )
+
+
+class ConditionalSpace:
+    """Optuna's define-by-run space: the method first, then only the knobs it uses.
+
+    A class rather than a closure because Tune pickles its searcher (and so this) into every
+    experiment snapshot.
+    """
+
+    def __init__(self, study: StudyConfig) -> None:
+        check_space(study)
+        self.default_method = study.prompt.method
+        self.distributions = {name: _distribution(knob) for name, knob in study.space.items()}
+        self.per_method = {m: used_knobs(study, m) for m in _methods(study)}
+
+    def __call__(self, trial: Any) -> None:
+        method = self.default_method
+        if "method" in self.distributions:
+            method = _suggest(trial, "method", self.distributions["method"])
+        for name in self.per_method[method]:
+            _suggest(trial, name, self.distributions[name])
+
+
+def _suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def balanced_knob(study: StudyConfig) -> tuple[str, list[Any]] | None:
+    """(name, choices) of the categorical knob whose choices share the budget equally, if any."""
+    for name, knob in study.space.items():
+        if knob.balanced:
+            return name, list(knob.choices or [])
+    return None
+
+
+def next_balanced_choice(found: optuna.Study, name: str, choices: list[Any]) -> Any:
+    """The choice with the fewest trials so far (the first such in `choices`): every trial counts,
+    failed and stopped ones included, because each spent a share of the budget."""
+    counts = dict.fromkeys(range(len(choices)), 0)
+    for t in found.get_trials(deepcopy=False):
+        value = t.params.get(name, t.system_attrs.get("fixed_params", {}).get(name))
+        if value in choices:
+            counts[choices.index(value)] += 1
+    return choices[min(counts, key=lambda i: (counts[i], i))]
+
+
+# ---------------------------------------------------------------- the sampler
+def sampler_seed(study: StudyConfig, history: int) -> int:
+    """The sampler's seed for a run that starts with `history` trials in the study.
+
+    A fresh study uses `search.seed` itself, so a search is reproducible from its seed; a resumed
+    one mixes in how many trials the study already has, so a rebuilt sampler does not replay the
+    proposals it made before the interruption (the same seed would propose trials 0, 1, ... again).
+    """
+    if history == 0:
+        return study.search.seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([study.search.seed, history]).generate_state(1)[0])
+
+
+def create_sampler(study: StudyConfig, history: int = 0) -> optuna.samplers.BaseSampler:
+    seed = sampler_seed(study, history)
     s = study.search
-    if s.sampler == "tpe":
-        # constant_liar keeps concurrent trials from all sampling the same promising corner.
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True)
-    if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed)
-    if s.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed)
-    return optuna.samplers.RandomSampler(seed=s.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if s.sampler == "tpe":
+            # group: the conditional space (each method its own knobs) is modelled per group of
+            # knobs that occur together; constant_liar keeps concurrent trials apart.
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        if s.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if s.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)
 
 
+# ---------------------------------------------------------------- the stored study
 def default_root(study: StudyConfig) -> Path:
     return Path(study.tracking.root).expanduser().resolve()
 
@@ -95,11 +211,28 @@ def existing_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.St
         return None
 
 
-def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resume: bool) -> tuple[int, int]:
-    """Check the stored study against `--resume`; return (trials already finished, trials to run).
+def mark_interrupted(storage: optuna.storages.BaseStorage, trial: optuna.trial.FrozenTrial | Any,
+                     checkpoint: str | None = None) -> None:
+    """Put a trial that the driver stopped back in the queue (WAITING), with where it got to.
 
-    Trials left RUNNING by an interrupted driver are marked FAIL with `interrupted=True`: they did
-    not finish, so they neither count towards `num_samples` nor enter the Pareto set.
+    Optuna lets a RUNNING trial return to WAITING (only finished trials are frozen), and its next
+    ``ask()`` hands the oldest WAITING trial out again with its parameters already set: the resumed
+    run is the same trial, under the same number, instead of a FAIL plus a copy.
+    """
+    trial_id = trial._trial_id
+    attrs = storage.get_trial(trial_id).user_attrs
+    storage.set_trial_user_attr(trial_id, INTERRUPTIONS, int(attrs.get(INTERRUPTIONS, 0)) + 1)
+    if checkpoint:
+        storage.set_trial_user_attr(trial_id, CHECKPOINT, checkpoint)
+    storage.set_trial_state_values(trial_id, TrialState.WAITING)
+
+
+def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resume: bool) -> tuple[int, int, int]:
+    """Create or reopen the stored study; return (trials finished, trials waiting to resume, trials to run).
+
+    Trials still RUNNING belong to a driver that died without cleaning up (SIGKILL, a lost head
+    node): they are interrupted too. Trials to run = `num_samples` minus the finished ones, and at
+    least every waiting one, so an interrupted trial is always finished.
     """
     found = existing_study(storage, study.name)
     if found is None:
@@ -109,7 +242,7 @@ def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resu
                                       directions=["maximize" if o.mode == "max" else "minimize" for o in study.objectives])
         # The study file travels with the study, so `lorsp.pareto` / `lorsp.export` need only its name.
         created.set_user_attr(STUDY_CONFIG_ATTR, study.model_dump_json())
-        return 0, study.search.num_samples
+        return 0, 0, study.search.num_samples
     if not resume:
         raise ConfigError(
             f"study '{study.name}' already exists in the storage ({len(found.trials)} trials): "
@@ -119,30 +252,42 @@ def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resu
     wanted = [o.mode for o in study.objectives]
     if directions != wanted:
         raise ConfigError(f"--resume: stored study '{study.name}' has directions {directions}, the file asks {wanted}")
-    for t in found.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    done = sum(1 for t in found.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED))
-    return done, max(0, study.search.num_samples - done)
+    for t in found.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        mark_interrupted(storage, t)
+    trials = found.get_trials(deepcopy=False)
+    finished = sum(1 for t in trials if t.state.is_finished())
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    return finished, waiting, max(study.search.num_samples - finished, waiting)
+
+
+def study_history(storage: optuna.storages.BaseStorage, name: str) -> int:
+    found = existing_study(storage, name)
+    return 0 if found is None else len(found.get_trials(deepcopy=False))
+
+
+def record_of(t: optuna.trial.FrozenTrial, metric_names: list[str]) -> TrialRecord:
+    """A stored trial as the Pareto step, the tables and MLflow read it (typed, no string keys)."""
+    values: dict[str, float] = {}
+    attrs = t.user_attrs
+    values.update({k.removeprefix(METRICS_PREFIX): v for k, v in attrs.items() if k.startswith(METRICS_PREFIX)})
+    if t.values is not None:
+        values.update(dict(zip(metric_names, t.values)))
+    return TrialRecord(
+        number=t.number, params=dict(t.params), values=values, state=t.state.name,
+        epochs_done=int(attrs.get(EPOCHS_DONE, 0) or 0), tune_trial_id=attrs.get(TUNE_TRIAL_ID),
+        checkpoint_path=attrs.get(CHECKPOINT), error=attrs.get(ERROR),
+        interruptions=int(attrs.get(INTERRUPTIONS, 0) or 0),
+    )
 
 
 def trial_records(study: StudyConfig, storage: optuna.storages.BaseStorage) -> list[TrialRecord]:
-    """Every trial of the stored study, ranked: Pareto rank only for full-budget complete ones."""
+    """Every trial of the stored study, Pareto-ranked. Only COMPLETE (full-budget) trials are
+    ranked, so rank 0 is exactly Optuna's own ``study.best_trials`` (the tests hold the two equal)."""
     found = existing_study(storage, study.name)
     if found is None:
         raise ConfigError(f"no study named '{study.name}' in the storage; check --name and --storage")
-    records = []
     metric_names = [o.metric for o in study.objectives]
-    for t in found.get_trials(deepcopy=False):
-        values: dict[str, float] = {}
-        if t.values is not None:
-            values.update(dict(zip(metric_names, t.values)))
-        values.update({k.removeprefix(METRICS_PREFIX): v for k, v in t.user_attrs.items() if k.startswith(METRICS_PREFIX)})
-        records.append(TrialRecord(
-            number=t.number, params=dict(t.params), values=values, state=t.state.name,
-            full_budget=bool(t.user_attrs.get(FULL_BUDGET, False)),
-            attrs={k: v for k, v in t.user_attrs.items() if not k.startswith(METRICS_PREFIX)},
-        ))
+    records = [record_of(t, metric_names) for t in found.get_trials(deepcopy=False)]
     return rank_trials(records, [(o.metric, o.mode) for o in study.objectives])
 
 
@@ -155,3 +300,26 @@ def stored_config(storage: optuna.storages.BaseStorage, name: str) -> StudyConfi
     if raw is None:
         raise ConfigError(f"study '{name}' was not created by lorsp.tune (no stored config)")
     return StudyConfig.model_validate_json(raw)
+
+
+def open_stored_study(name: str, storage: str | None,
+                      root: str | None) -> tuple[StudyConfig, optuna.storages.RDBStorage, Path]:
+    """(StudyConfig, Optuna storage, root folder) of a study stored by `lorsp.tune`.
+
+    The root is `--root`, else `lorsp-runs`; the Optuna storage is `--storage`, else
+    `ROOT/optuna.db`. When the storage is found under the root (or `--root` is given), the returned
+    config's `tracking.root` is that root (absolute), so every tool finds the MLflow store and the
+    Ray checkpoints beside the Optuna database even when the folder was moved.
+    """
+    base = Path(root or "lorsp-runs").expanduser().resolve()
+    defaulted = storage is None
+    if storage is None:
+        db = base / "optuna.db"
+        if not db.is_file():
+            raise ConfigError(f"no Optuna database at {db}; pass --root DIR (the study's tracking.root) or --storage URI")
+        storage = f"sqlite:///{db}"
+    opened = rdb_storage(storage)
+    study = stored_config(opened, name)
+    if root is not None or defaulted:
+        study = study.model_copy(update={"tracking": study.tracking.model_copy(update={"root": str(base)})})
+    return study, opened, Path(study.tracking.root).expanduser().resolve()

@@ -41,17 +41,21 @@ import yaml
 from ray.tune import Callback
 
 from lorsp.config import ConfigError, StudyConfig
-from lorsp.pareto import REFERENCE_RULE, TrialRecord, plot_front, summarise, trial_rows, write_table
+from lorsp.metrics import METRICS, PER_EPOCH
+from lorsp.outcome import ERROR_KEY, TRACEBACK_KEY, Outcome, outcome_of, outcome_of_state
+from lorsp.pareto import REFERENCE_RULE, TrialRecord, summarise
+from lorsp.report import plot_front, plot_fronts_by, trial_rows, write_table
+from lorsp.search import TRIAL_KEY
 
-# MLflow's HTTP client retries 7 times with exponential backoff and waits 120 s per request by
-# default: minutes before a dead server is noticed. A study wants to know within seconds.
-# (setdefault: a user who sets these explicitly keeps their values.)
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run at" line per trial
-
+MLFLOW_CLIENT_ENV = {
+    # MLflow's HTTP client retries 7 times with exponential backoff and waits 120 s per request by
+    # default: minutes before a dead server is noticed. A study wants to know within seconds.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # no "View run at" line per trial
+}
 PROBE_TIMEOUT_S = 3.0
 
 ROLE = "lorsp.role"
@@ -59,19 +63,16 @@ STUDY = "lorsp.study"
 OPTUNA_TRIAL = "optuna_trial"
 TUNE_TRIAL_ID = "tune_trial_id"
 PARENT_ID = "mlflow.parentRunId"
-RUN_NAME = "mlflow.runName"
 CHECKPOINT_ARTIFACTS = "checkpoint"
-PROMPT_ARTIFACT = f"{CHECKPOINT_ARTIFACTS}/prompt.safetensors"
 
-EPOCH_METRICS = ("loss", "train_acc", "val_acc", "prompt_density", "firing_rate", "images_per_s", "epoch_time_s")
-FINAL_METRICS = ("val_acc", "test_acc", "train_acc", "loss", "prompt_density", "firing_rate", "prompt_params",
-                 "trainable_params", "images_per_s")
 PLACEMENT = ("node_id", "node_ip", "hostname", "gpu")
 VERSIONED = ("lorsp", "torch", "torchvision", "timm", "spikingjelly", "ray", "optuna", "mlflow", "numpy")
 _CHECKPOINT_FILES = ("prompt.safetensors", "config.yaml")
 
 
 def _quiet_mlflow_logs() -> None:
+    for key, value in MLFLOW_CLIENT_ENV.items():
+        os.environ.setdefault(key, value)  # a user who sets these explicitly keeps their values
     import logging
 
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.store.sql"):
@@ -191,34 +192,27 @@ class Store:
         self.log_text(run_id, yaml.safe_dump(study.model_dump(), sort_keys=False), "study.yaml")
         return run_id, True
 
+    # log_batch splits a batch above MLflow's per-request limits itself.
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[start:start + 100], synchronous=True)
+        self.client.log_batch(run_id, params=[Param(str(k), _param_value(v)) for k, v in params.items()],
+                              synchronous=True)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        items = [Metric(k, float(v), stamp, int(step)) for k, v in metrics.items()]
-        for start in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[start:start + 1000], synchronous=True)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, int(step)) for k, v in metrics.items()],
+                              synchronous=True)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, tags=items[start:start + 100], synchronous=True)
+        self.client.log_batch(run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()], synchronous=True)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
-        with tempfile.TemporaryDirectory(prefix="lorsp-mlflow-") as tmp:
-            path = Path(tmp) / Path(name).name
-            path.write_text(text)
-            parent = str(Path(name).parent)
-            self.client.log_artifact(run_id, str(path), None if parent == "." else parent)
+        self.client.log_text(run_id, text, name)
 
     def log_checkpoint(self, run_id: str, checkpoint: str | None) -> bool:
         """Upload the prompt+head (safetensors) and the resolved config of a trial's checkpoint."""
@@ -388,16 +382,25 @@ class MLflowCallback(Callback):
         self._safely("opening the study's parent run", reopen)
 
     def _run_id(self, trial: Any) -> str | None:
+        """The trial's child run: created when it starts, or reopened when an interrupted trial
+        resumes under the same Optuna number (one run per trial number, never a second)."""
         run_id = self._runs.get(trial.trial_id)
         if run_id is None:
             config = dict(trial.config or {})
-            number = config.pop(_optuna_key(), None)
-            run_id = self._safely(
-                f"creating the run of trial {trial.trial_id}",
-                lambda: self.store.create_child(self.parent_id, number, trial.trial_id, config),
-            )
+            number = (config.pop(TRIAL_KEY, None) or {}).get("number")
+            run_id = self._safely(f"opening the run of trial {number if number is not None else trial.trial_id}",
+                                  lambda: self._open_child(number, trial.trial_id, config))
             if run_id is not None:
                 self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def _open_child(self, number: int | None, tune_trial_id: str, params: dict[str, Any]) -> str:
+        existing = self.store.child_runs().get(number) if number is not None else None
+        if existing is None:
+            return self.store.create_child(self.parent_id, number, tune_trial_id, params)
+        run_id = existing.info.run_id
+        self.store.client.update_run(run_id, status="RUNNING")
+        self.store.set_tags(run_id, {TUNE_TRIAL_ID: tune_trial_id, "resumed": "true", "end_reason": "running"})
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -406,10 +409,10 @@ class MLflowCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._last[trial.trial_id] = {k: v for k, v in result.items() if k != "config"}
         run_id = self._run_id(trial)
-        if run_id is None:
+        if run_id is None or result.get(ERROR_KEY):
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
-        metrics = {k: result[k] for k in EPOCH_METRICS if _is_number(result.get(k))}
+        metrics = {k: result[k] for k in PER_EPOCH if _is_number(result.get(k))}
         self._safely(f"logging epoch {step} of trial {trial.trial_id}",
                      lambda: self.store.log_metrics(run_id, metrics, step))
         if trial.trial_id not in self._placed and any(k in result for k in PLACEMENT):
@@ -418,53 +421,62 @@ class MLflowCallback(Callback):
             self._safely(f"tagging trial {trial.trial_id}", lambda: self.store.set_tags(run_id, tags))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, failed=False)
+        self._finish(trial, errored=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, failed=True)
+        self._finish(trial, errored=True)
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        for trial in trials:
-            if trial.trial_id in self._runs and trial.trial_id not in self._closed:
-                self._finish(trial, failed=False, reason="experiment ended before the trial did")
+    def close_unfinished(self, reason: str) -> None:
+        """The driver is stopping: runs of trials that did not end become KILLED (interrupted), and
+        the parent too unless the study ran to its end (then :func:`finish_study` closes it)."""
+        for trial_id in list(self._runs):
+            if trial_id not in self._closed:
+                self._finish_run(trial_id, Outcome("INTERRUPTED", int(self._last.get(trial_id, {}).get("epoch", 0) or 0)))
+        if reason != "the study ended":
+            def close_parent() -> None:
+                self.store.set_tags(self.parent_id, {"end_reason": reason})
+                self.store.client.set_terminated(self.parent_id, "KILLED")
+                _OPEN_PARENTS.pop(self.parent_id, None)
 
-    def _finish(self, trial: Any, failed: bool, reason: str | None = None) -> None:
-        if trial.trial_id in self._closed:
+            self._safely("closing the study's parent run", close_parent)
+
+    def _finish(self, trial: Any, errored: bool) -> None:
+        last = dict(getattr(trial, "last_result", None) or {})
+        result = {**last, **self._last.get(trial.trial_id, {})}
+        # Inline trials get their checkpoint path only after the result (lorsp.searcher's callback).
+        result.setdefault("checkpoint_path", last.get("checkpoint_path"))
+        if errored and not result.get(ERROR_KEY):
+            result[ERROR_KEY] = _trial_error(trial)
+        self._last[trial.trial_id] = result
+        self._run_id(trial)
+        self._finish_run(trial.trial_id, outcome_of(result, errored=errored))
+
+    def _finish_run(self, trial_id: str, outcome: Outcome) -> None:
+        if trial_id in self._closed:
             return
-        self._closed.add(trial.trial_id)
-        run_id = self._run_id(trial)
+        self._closed.add(trial_id)
+        run_id = self._runs.get(trial_id)
         if run_id is None:
             return
-        last = dict(getattr(trial, "last_result", None) or {})
-        result = self._last.get(trial.trial_id) or last
-        # Inline trials get their checkpoint path only after the result (lorsp.tune._checkpoint_path_callback).
-        checkpoint = result.get("checkpoint_path") or last.get("checkpoint_path")
-        full = _is_number(result.get("finished")) and float(result["finished"]) == 1.0 and not failed
-        status = "FINISHED" if full else ("FAILED" if failed else "KILLED")
-        epochs = int(result.get("epoch", 0) or 0)
-        tags: dict[str, Any] = {"full_budget": str(full).lower(), "epochs_done": epochs,
-                                "trial_state": status}
-        if reason is None:
-            reason = "ran its full budget" if full else ("failed" if failed else f"stopped by the scheduler after epoch {epochs}")
-        tags["end_reason"] = reason
-        if failed:
-            tags["error"] = str(result["error"])[:500] if result.get("error") else _trial_error(trial)
+        result = self._last.get(trial_id, {})
+        checkpoint = result.get("checkpoint_path")
+        tags: dict[str, Any] = {"full_budget": str(outcome.state == "COMPLETE").lower(), "epochs_done": outcome.epochs,
+                                "trial_state": outcome.state, "end_reason": outcome.reason}
+        if outcome.error:
+            tags["error"] = outcome.error[:500]
         if checkpoint:
             tags["checkpoint_path"] = checkpoint
-        final = {k: result[k] for k in FINAL_METRICS if _is_number(result.get(k)) and k not in EPOCH_METRICS}
-        final["epochs_done"] = float(epochs)
-        what = f"closing the run of trial {trial.trial_id}"
-        self._safely(what, lambda: self.store.log_metrics(run_id, final, epochs))
+        final = {k: result[k] for k in METRICS if _is_number(result.get(k)) and k not in PER_EPOCH}
+        final["epochs_done"] = float(outcome.epochs)
+        what = f"closing the run of trial {trial_id}"
+        self._safely(what, lambda: self.store.log_metrics(run_id, final, outcome.epochs))
         self._safely(what, lambda: self.store.set_tags(run_id, tags))
-        self._safely(f"uploading the checkpoint of trial {trial.trial_id}",
-                     lambda: self.store.log_checkpoint(run_id, checkpoint))
-        self._safely(what, lambda: self.store.client.set_terminated(run_id, status))
-
-
-def _optuna_key() -> str:
-    from lorsp.tune import OPTUNA_TRIAL_KEY
-
-    return OPTUNA_TRIAL_KEY
+        if result.get(TRACEBACK_KEY):
+            self._safely(what, lambda: self.store.log_text(run_id, str(result[TRACEBACK_KEY]), "error.txt"))
+        if outcome.state != "INTERRUPTED":
+            self._safely(f"uploading the checkpoint of trial {trial_id}",
+                         lambda: self.store.log_checkpoint(run_id, checkpoint))
+        self._safely(what, lambda: self.store.client.set_terminated(run_id, outcome.mlflow_status))
 
 
 def _trial_error(trial: Any) -> str:
@@ -477,7 +489,7 @@ def _trial_error(trial: Any) -> str:
                 err = None
             if err is not None:
                 return _one_line(err)
-    return "see the trial's error file in the Ray experiment folder"
+    return "the trial's process failed repeatedly; see the trial's error file in the Ray experiment folder"
 
 
 def tune_callbacks(study: StudyConfig, uri: str | None = None) -> list[Callback]:
@@ -499,19 +511,21 @@ def tune_callbacks(study: StudyConfig, uri: str | None = None) -> list[Callback]
 
 # ---------------------------------------------------------------- after the search: Pareto + reconcile
 def finish_study(study: StudyConfig, records: list[TrialRecord], uri: str | None = None,
-                 warn: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+                 warn: Callable[[str], None] | None = None, warned: bool = False) -> dict[str, Any] | None:
     """Close the study's MLflow runs and add the Pareto selection; never raises.
 
     Reconciles MLflow with the Optuna records (the truth): a trial without a child run (MLflow was
     down when it ran) gets one from the stored values, runs still RUNNING are closed, and every
     child run gets `pareto` / `pareto_rank` tags; the parent gets the hypervolume and the front
     plot. Returns a summary dict, or None when the store could not be reached (a warning says how
-    to re-log).
+    to re-log, unless `warned`: the recording callback already said so during the study).
     """
     warn = warn or (lambda m: print(m, file=sys.stderr, flush=True))
     try:
         done = record_study(study, records, uri)
     except Exception as err:
+        if warned:
+            return None
         warn(f"warning: could not record the end of study '{study.name}' in MLflow ({_one_line(err)}); the results "
              f"are in the Optuna storage: re-log them with python -m lorsp.tracking relog --name {study.name} "
              f"--root {study.tracking.root}")
@@ -533,16 +547,17 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
     created = updated = 0
     run_ids: dict[int, str] = {}
     for record in records:
-        if record.state in ("RUNNING", "WAITING"):
+        outcome = outcome_of_state(record.state, record.epochs_done, record.error)
+        if outcome is None:
             continue
         run = children.get(record.number)
-        status = _status_of(record)
+        status = outcome.mlflow_status
         if run is None:
-            run_id = store.create_child(parent_id, record.number, record.attrs.get("tune_trial_id"), record.params)
+            run_id = store.create_child(parent_id, record.number, record.tune_trial_id, record.params)
             store.set_tags(run_id, {"relogged": "true", "full_budget": str(record.full_budget).lower(),
-                                    "epochs_done": record.attrs.get("epochs_done", ""), "trial_state": status,
-                                    "end_reason": _reason_of(record)})
-            store.log_metrics(run_id, _record_metrics(record), int(record.attrs.get("epochs_done", 0) or 0))
+                                    "epochs_done": record.epochs_done, "trial_state": outcome.state,
+                                    "end_reason": outcome.reason})
+            store.log_metrics(run_id, _record_metrics(record), record.epochs_done)
             checkpoint = lookup(record)
             if checkpoint:
                 store.set_tags(run_id, {"checkpoint_path": checkpoint})
@@ -556,13 +571,13 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
             stale = {k: v for k, v in _record_metrics(record).items()
                      if k not in run.data.metrics or not math.isclose(run.data.metrics[k], v, rel_tol=1e-9, abs_tol=1e-12)}
             if stale:
-                store.log_metrics(run_id, stale, int(record.attrs.get("epochs_done", 0) or 0))
+                store.log_metrics(run_id, stale, record.epochs_done)
             if not any(a.path == CHECKPOINT_ARTIFACTS for a in _safe_list(store, run_id)):
                 checkpoint = run.data.tags.get("checkpoint_path") or lookup(record)
                 if checkpoint:
                     store.log_checkpoint(run_id, checkpoint)
             if run.info.status == "RUNNING":
-                store.set_tags(run_id, {"trial_state": status, "end_reason": _reason_of(record)})
+                store.set_tags(run_id, {"trial_state": outcome.state, "end_reason": outcome.reason})
                 store.client.set_terminated(run_id, status)
             updated += 1
         run_ids[record.number] = run_id
@@ -576,10 +591,6 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
         "trials_full_budget": float(len(summary.eligible)),
         "trials_failed": float(sum(1 for r in records if r.state == "FAIL")),
     }
-    front_test = [r.values["test_acc"] for r in summary.front if _is_number(r.values.get("test_acc"))]
-    if front_test:
-        metrics["pareto_test_acc_max"] = max(front_test)
-        metrics["pareto_test_acc_mean"] = sum(front_test) / len(front_test)
     store.log_metrics(parent_id, metrics, len(summary.eligible))
     store.set_tags(parent_id, {
         "hv_reference": json.dumps(dict(zip([m for m, _ in objectives], map(float, summary.reference)))),
@@ -593,8 +604,12 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
         files = write_table([r for r in rows if r["pareto"]], tmp, "front") if summary.front else []
         files += write_table(rows, tmp, "trials") if rows else []
         if summary.eligible:
-            files += plot_front(records, objectives, Path(tmp) / "front.png", Path(tmp) / "front.html",
-                                title=f"{study.name}: Pareto front (validation)")
+            files.append(plot_front(records, objectives, Path(tmp) / "front.png",
+                                    title=f"{study.name}: Pareto front (validation)"))
+            if len({r.params.get("method") for r in summary.eligible} - {None}) > 1:
+                # Several methods in one study: each its own front on the same axes.
+                files.append(plot_fronts_by(records, objectives, "method", Path(tmp) / "front_by_method.png",
+                                            title=f"{study.name}: one front per method (validation)"))
         for file in files:
             store.client.log_artifact(parent_id, str(file), "pareto")
     store.client.set_terminated(parent_id, "FINISHED")
@@ -611,27 +626,9 @@ def _safe_list(store: Store, run_id: str) -> list[Any]:
         return []
 
 
-def _status_of(record: TrialRecord) -> str:
-    if record.state == "COMPLETE":
-        return "FINISHED" if record.full_budget else "KILLED"
-    if record.state == "FAIL" and not record.attrs.get("interrupted"):
-        return "FAILED"
-    return "KILLED"
-
-
-def _reason_of(record: TrialRecord) -> str:
-    if record.state == "COMPLETE":
-        return "ran its full budget" if record.full_budget else \
-            f"stopped by the scheduler after epoch {record.attrs.get('epochs_done', '?')}"
-    if record.attrs.get("interrupted"):
-        return "interrupted (driver stopped)"
-    return "failed" if record.state == "FAIL" else record.state.lower()
-
-
 def _record_metrics(record: TrialRecord) -> dict[str, float]:
     out = {k: float(v) for k, v in record.values.items() if _is_number(v)}
-    if record.attrs.get("epochs_done") is not None:
-        out["epochs_done"] = float(record.attrs["epochs_done"])
+    out["epochs_done"] = float(record.epochs_done)
     return out
 
 
@@ -668,10 +665,10 @@ def find_checkpoint(study: StudyConfig, record: TrialRecord) -> str | None:
     whose epoch matches the epochs the trial reported (a stopped trial may have written one more
     before it was stopped).
     """
-    stored = record.attrs.get("checkpoint_path")
+    stored = record.checkpoint_path
     if stored and (Path(stored).is_dir() or "://" in str(stored)):
         return str(stored)
-    tune_id = record.attrs.get("tune_trial_id")
+    tune_id = record.tune_trial_id
     if not tune_id:
         return None
     from lorsp.search import default_root
@@ -682,7 +679,7 @@ def find_checkpoint(study: StudyConfig, record: TrialRecord) -> str | None:
     candidates = sorted(p for p in found if (p / "prompt.safetensors").is_file())
     if not candidates:
         return None
-    wanted = record.attrs.get("epochs_done")
+    wanted = record.epochs_done
     if wanted:
         for candidate in reversed(candidates):
             if _checkpoint_epoch(candidate) == int(wanted):
@@ -759,8 +756,7 @@ def _git_commit() -> tuple[str | None, bool]:
 
 def relog(name: str, storage: str | None = None, tracking: str | None = None, root: str | None = None) -> dict[str, Any]:
     """Rebuild a stored study's parent and child runs in MLflow from its Optuna storage."""
-    from lorsp.pareto import open_stored_study
-    from lorsp.search import trial_records
+    from lorsp.search import open_stored_study, trial_records
 
     study, opened, _ = open_stored_study(name, storage, root)
     records = trial_records(study, opened)

@@ -26,7 +26,7 @@ import yaml
 from torch import Tensor, nn
 
 from lorsp.config import ConfigError, StudyConfig, load_study
-from lorsp.data import BatchIterator, DataError, ImageSplit, Splits, load_splits
+from lorsp.data import BatchIterator, DataError, ImageSplit, Splits, load_splits_for
 from lorsp.model import PromptedClassifier, build_model
 
 STATE_FILE = "state.pt"
@@ -155,10 +155,7 @@ def train_loop(
     started = time.perf_counter()
     torch.manual_seed(t.seed)
     if splits is None:
-        d = study.data
-        splits = load_splits(d.dataset, image_size=d.image_size, val_fraction=d.val_fraction,
-                             test_fraction=d.test_fraction, seed=d.seed, max_train=d.max_train, root=d.root,
-                             image_column=d.image_column, label_column=d.label_column)
+        splits = load_splits_for(study.data)
     model = build_model(study, splits.num_classes).to(ctx.device)
     if ctx.device.type == "cuda" and t.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -1,32 +1,40 @@
-"""`python -m lorsp.tune`: a multi-objective search where every trial is a Ray Train run.
+"""`python -m lorsp.tune`: a multi-objective search of prompts on Ray Tune with Optuna.
 
 One process drives the study: it starts (or attaches to) Ray, opens the Optuna study in its RDB
-storage, and runs a Ray Tune experiment whose searcher is OptunaSearch. A trial runs
+storage, and runs a Ray Tune experiment whose searcher asks that study for each trial. A trial runs
 :func:`lorsp.train.train_loop` unchanged, in one of two ways (`resources.launcher`): inline, in the
 Tune trial process, which Tune reuses from trial to trial (one worker; the default); or as a Ray
 Train run, a light Tune driver that fits a `TorchTrainer` whose workers train under DDP.
+
+How trials end (:mod:`lorsp.outcome`): a failure of the training itself (a NaN loss, data or
+settings the worker refuses) is deterministic, so the trial reports it once and is recorded FAIL
+without a retry; only a lost process or node is retried, from the last checkpoint. Ctrl-C or
+SIGTERM stops the study cleanly: running trials go back to the Optuna queue with their last
+checkpoint, and ``--resume`` finishes them under the same trial numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.data import DataError
+from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY, outcome_of
 from lorsp.pareto import TrialRecord
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 """Only the head node has it: trial drivers (and so their Ray Train controllers) stay there, and a
 lost worker node costs only the training workers, which resume from their checkpoint."""
 TRIAL_RETRIES = 2
-
-OPTUNA_TRIAL_KEY = "_optuna_trial"
-"""Key of the Optuna trial number in a Tune trial's config; stripped before the config is applied."""
+"""Retries of a trial whose process or node was lost (never of a failure of the training itself)."""
 
 # Ray imports are deferred to the functions that need them so `--help` and config errors are instant.
 
@@ -34,42 +42,67 @@ OPTUNA_TRIAL_KEY = "_optuna_trial"
 # ---------------------------------------------------------------- the training inside a trial
 def _trial_study(study_json: str, params: dict[str, Any] | None = None) -> StudyConfig:
     """The trial's resolved study, with torch threads taken from its CPU allocation."""
+    from lorsp.search import TRIAL_KEY
+
     study = StudyConfig.model_validate_json(study_json)
     if params:
-        study = study.with_params({k: v for k, v in params.items() if k != OPTUNA_TRIAL_KEY})
+        study = study.with_params({k: v for k, v in params.items() if k != TRIAL_KEY})
     if study.train.threads is None:
         # One trial must not oversubscribe the cores that Ray gave to its neighbours.
         study.train.threads = max(1, int(study.resources.cpus_per_worker))
     return study
 
 
-def _train(study: StudyConfig, splits_ref: list[Any], ray_lib: Any) -> str | None:
-    """Run :func:`lorsp.train.train_loop` for either launcher; return the divergence message, if any.
+def _train(study: StudyConfig, splits_ref: list[Any], ray_lib: Any, resume_from: str | None) -> None:
+    """Run :func:`lorsp.train.train_loop` for either launcher.
 
     `ray_lib` is `ray.train` (in a Ray Train worker) or `ray.tune` (in an inline trial): both have
-    `report`, `Checkpoint` and `get_checkpoint`, the last being where a restarted trial resumes.
-    Metrics carry where the trial runs (node, GPU).
+    `report`, `Checkpoint` and `get_checkpoint`. A trial restarted by Ray (lost process) continues
+    from `get_checkpoint()`; a trial resumed by ``--resume`` from the checkpoint it had reached when
+    the driver stopped. Metrics carry where the trial runs (node, GPU).
     """
     import ray
 
-    from lorsp.train import TrainingDiverged, train_loop
+    from lorsp.train import train_loop
 
     splits = ray.get(splits_ref[0]) if splits_ref else None
     where = _placement()
     checkpoint = ray_lib.get_checkpoint()
+    if checkpoint is None and resume_from:
+        checkpoint = ray_lib.Checkpoint(resume_from)
 
     def forward(metrics: dict[str, float], folder: str | None) -> None:
         ray_lib.report({**metrics, **where}, checkpoint=ray_lib.Checkpoint.from_directory(folder) if folder else None)
 
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            train_loop(study, forward, splits=splits, resume_from=folder, verbose=False)
+    else:
+        train_loop(study, forward, splits=splits, verbose=False)
+
+
+def _failure(err: BaseException) -> dict[str, Any]:
+    """The one result a failed trial reports: the reason in one line, the traceback for the record."""
+    line = f"{type(err).__name__}: {err}".splitlines()[0][:300] if str(err) else type(err).__name__
+    return {FAILED_KEY: 1.0, ERROR_KEY: line,
+            TRACEBACK_KEY: "".join(traceback.format_exception(err))[-20000:]}
+
+
+def _guarded(run: Callable[[], None], report: Callable[[dict[str, Any]], None]) -> None:
+    """Run a trial's training; a failure of the training itself is reported once, not raised.
+
+    Raised, Tune would retry it and print a traceback per attempt, though a diverged loss or a bad
+    setting fails the same way every time. Ray's own errors (a lost object, a dead node) are raised:
+    those are the failures a retry can cure.
+    """
+    from ray.exceptions import RayError
+
     try:
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                train_loop(study, forward, splits=splits, resume_from=folder, verbose=False)
-        else:
-            train_loop(study, forward, splits=splits, verbose=False)
-    except TrainingDiverged as err:
-        return str(err)
-    return None
+        run()
+    except RayError:
+        raise
+    except Exception as err:
+        report(_failure(err))
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -77,10 +110,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     study = StudyConfig.model_validate_json(config["study"])
-    error = _train(study, config["splits"], ray.train)
-    if error:
-        # Reported rather than raised: Ray Train would restart the worker group, and it would diverge again.
-        ray.train.report({"diverged": 1.0, "error": error})
+    _guarded(lambda: _train(study, config["splits"], ray.train, config.get("resume_from")), ray.train.report)
 
 
 def _placement() -> dict[str, str]:
@@ -93,6 +123,18 @@ def _placement() -> dict[str, str]:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": socket.gethostname(), "gpu": gpu}
+
+
+def _write_error_log(result: dict[str, Any]) -> None:
+    """The full traceback of a failed trial, as `error.txt` in its Tune trial folder."""
+    import ray.tune
+
+    text = result.get(TRACEBACK_KEY)
+    if text:
+        try:
+            Path(ray.tune.get_context().get_trial_dir(), "error.txt").write_text(str(text))
+        except OSError:
+            pass  # the log is a convenience; the traceback also goes to the trial's MLflow run
 
 
 # ---------------------------------------------------------------- one Tune trial
@@ -108,15 +150,20 @@ def _inline_trial(params: dict[str, Any], study_json: str, splits_ref: Any) -> N
     import ray.tune
     import torch
 
+    from lorsp.search import TRIAL_KEY
+
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per stored checkpoint
-    study = _trial_study(study_json, params)
+
+    def report_failure(result: dict[str, Any]) -> None:
+        _write_error_log(result)
+        ray.tune.report(result)
+
+    resume_from = (params.get(TRIAL_KEY) or {}).get("resume_from")
     try:
-        error = _train(study, splits_ref, ray.tune)
+        _guarded(lambda: _train(_trial_study(study_json, params), splits_ref, ray.tune, resume_from), report_failure)
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the next trial in this process may share the GPU with others
-    if error:
-        raise RuntimeError(error)
 
 
 def _ray_train_trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_path: str) -> None:
@@ -126,12 +173,15 @@ def _ray_train_trial(params: dict[str, Any], study_json: str, splits_ref: Any, s
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from lorsp.search import TRIAL_KEY
+
     study = _trial_study(study_json, params)
     res = study.resources
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"study": study.model_dump_json(), "splits": splits_ref},
+        train_loop_config={"study": study.model_dump_json(), "splits": splits_ref,
+                           "resume_from": (params.get(TRIAL_KEY) or {}).get("resume_from")},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
             resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
@@ -146,84 +196,49 @@ def _ray_train_trial(params: dict[str, Any], study_json: str, splits_ref: Any, s
         ),
     )
     result = trainer.fit()
-    metrics = result.metrics or {}
-    if metrics.get("diverged"):
-        raise RuntimeError(str(metrics.get("error", "training diverged")))
+    _write_error_log(result.metrics or {})
 
 
-def _trainable(study: StudyConfig, splits_ref: Any, storage_path: str) -> Any:
-    """The Tune trainable for this study's launcher, with the resources its trials ask for."""
+def _inline_job(config: dict[str, Any], **kwargs: Any) -> None:
+    _inline_trial(config[JOB_KEY], **kwargs)
+
+
+def _ray_train_job(config: dict[str, Any], **kwargs: Any) -> None:
+    _ray_train_trial(config[JOB_KEY], **kwargs)
+
+
+JOB_KEY = "job"
+"""Config key of a trial's parameters when Tune hands out a fixed list of them (`tune.grid_search`)."""
+
+
+def trainable(study: StudyConfig, splits_ref: Any, storage_path: str, jobs: bool = False) -> Any:
+    """The Tune trainable for this study's launcher, with the resources its trials ask for.
+
+    `jobs`: the trial's parameters come under :data:`JOB_KEY` (a grid of fixed configurations, as
+    `lorsp.confirm` runs) rather than from a searcher.
+    """
     from ray import tune
 
     res = study.resources
     # Wrapped in a list: a bare ObjectRef parameter would be fetched into every trial driver and then
     # copied into each worker's config; the list keeps it a reference that workers `ray.get` locally.
     if res.uses_ray_train:
-        trainable = tune.with_parameters(_ray_train_trial, study_json=study.model_dump_json(),
+        trainable = tune.with_parameters(_ray_train_job if jobs else _ray_train_trial, study_json=study.model_dump_json(),
                                          splits_ref=[splits_ref], storage_path=storage_path)
         # The trial driver only waits on its trainer: it asks for memory, not a CPU that a worker could use.
         return tune.with_resources(trainable, {"cpu": res.driver_cpus, "memory": 256 * 1024**2,
                                                HEAD_NODE_RESOURCE: 0.001})
-    trainable = tune.with_parameters(_inline_trial, study_json=study.model_dump_json(), splits_ref=[splits_ref])
+    trainable = tune.with_parameters(_inline_job if jobs else _inline_trial, study_json=study.model_dump_json(),
+                                     splits_ref=[splits_ref])
     return tune.with_resources(trainable, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
 
 
-def _checkpoint_path_callback() -> Any:
-    """A Tune callback that puts an inline trial's stored checkpoint path into its last result.
-
-    Ray Train trials get `checkpoint_path` in their results from `TuneReportCallback`; Tune keeps an
-    inline trial's path on the trial instead. Written into `trial.last_result`, which Tune hands to
-    the searcher and the callbacks when the trial ends, it makes both launchers look the same to
-    Optuna and MLflow.
-    """
-    from ray.tune import Callback
-
-    class CheckpointPath(Callback):
-        def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-            if trial.last_result is not None and checkpoint is not None:
-                trial.last_result["checkpoint_path"] = checkpoint.path
-
-    return CheckpointPath()
-
-
 # ---------------------------------------------------------------- the driver
-def _searcher(study: StudyConfig, storage: Any) -> Any:
-    """OptunaSearch that also records, per trial, whether it ran its full budget."""
-    from ray.tune.search.optuna import OptunaSearch
+def _searcher(study: StudyConfig, storage: Any, history: int) -> Any:
+    """The Tune searcher that asks the study's Optuna storage for each trial (see :mod:`lorsp.searcher`)."""
+    from lorsp.searcher import StudySearcher
 
-    from lorsp.search import EPOCHS_DONE, FULL_BUDGET, METRICS_PREFIX, TUNE_TRIAL_ID, create_sampler, distributions
-
-    class BudgetAwareOptunaSearch(OptunaSearch):
-        def suggest(self, trial_id: str) -> dict | None:
-            params = super().suggest(trial_id)
-            if isinstance(params, dict) and trial_id in self._ot_trials:
-                ot_trial = self._ot_trials[trial_id]
-                ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
-                # Carried in the Tune trial's config so callbacks (MLflow) can name the Optuna trial.
-                params[OPTUNA_TRIAL_KEY] = ot_trial.number
-            return params
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is not None and trial_id not in self._completed_trials:
-                result = result or {}
-                ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
-                ot_trial.set_user_attr(FULL_BUDGET, bool(result.get("finished")) and not error)
-                ot_trial.set_user_attr(EPOCHS_DONE, int(result.get("epoch", 0)))
-                if result.get("checkpoint_path"):
-                    ot_trial.set_user_attr("checkpoint_path", str(result["checkpoint_path"]))
-                for key in ("test_acc", "val_acc", "prompt_density", "firing_rate", "prompt_params",
-                            "trainable_params", "images_per_s", "loss"):
-                    if isinstance(result.get(key), (int, float)):
-                        ot_trial.set_user_attr(METRICS_PREFIX + key, float(result[key]))
-            # Ray tells Optuna COMPLETE whenever a failed trial had reported anything; a failure is a failure.
-            super().on_trial_complete(trial_id, None if error else result, error)
-
-    return BudgetAwareOptunaSearch(
-        space=distributions(study), metric=[o.metric for o in study.objectives],
-        mode=[o.mode for o in study.objectives], sampler=create_sampler(study),
-        study_name=study.name, storage=storage,
-    )
+    return StudySearcher(study, storage, history)
 
 
 def _scheduler(study: StudyConfig) -> Any:
@@ -277,6 +292,76 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class Interruption:
+    """Ctrl-C and SIGTERM as a clean stop of the study rather than a dead driver.
+
+    While armed (the Tune loop runs) the first signal only asks Tune to stop: :meth:`stopper` tells
+    it to end every trial, and the driver then puts the unfinished trials back in the Optuna queue.
+    A second signal, or one outside the loop, raises KeyboardInterrupt at once. Tune's own SIGINT
+    handler is switched off: it would print a `Tuner.restore(...)` hint, which is not how a lorsp
+    study resumes.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.armed = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "Interruption":
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def arm(self) -> None:
+        """Catch the signals from here on (again: starting Ray installs its own SIGTERM handler,
+        which aborts the driver) and let the first one stop the Tune loop cleanly."""
+        if self._previous:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+        self.armed = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, sig: int, frame: Any) -> None:
+        first = self.signal is None
+        self.signal = sig if first else self.signal
+        if self.armed and first:
+            print(f"\n{signal.Signals(sig).name}: stopping the study; running trials keep their last checkpoint "
+                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+            return
+        raise KeyboardInterrupt
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal or signal.SIGINT)
+
+    def stopper(self) -> Any:
+        from ray.tune import Stopper
+
+        interruption = self
+
+        class StopOnSignal(Stopper):
+            def __call__(self, trial_id: str, result: dict) -> bool:
+                return False
+
+            def stop_all(self) -> bool:
+                return interruption.signal is not None
+
+        return StopOnSignal()
+
+
+class StudyRun:
+    """What :func:`run_study` returns: every trial of the study, and whether this run was cut short."""
+
+    def __init__(self, records: list[TrialRecord], interrupted: int = 0, stopped: bool = False) -> None:
+        self.records = records
+        self.interrupted = interrupted
+        self.stopped = stopped
+
+
 def run_study(
     study: StudyConfig,
     *,
@@ -284,59 +369,100 @@ def run_study(
     resume: bool = False,
     address: str | None = None,
     callbacks: list[Any] | None = None,
+    interruption: Interruption | None = None,
     log: Callable[[str], None] = print,
-) -> list[TrialRecord]:
-    """Run (or continue) the search and return every trial of the study, Pareto-ranked."""
+) -> StudyRun:
+    """Run (or continue) the search; every trial of the study, Pareto-ranked, and how this run ended.
+
+    Whatever stops the driver (a signal, an exception), no trial stays RUNNING: the Optuna trials
+    it had started go back to WAITING with their last checkpoint, and the MLflow callbacks close
+    their runs, so ``--resume`` can finish them.
+    """
     import ray
     from ray import tune
 
-    from lorsp.data import load_splits
+    from lorsp.data import load_splits_for
     from lorsp.progress import ProgressCallback
-    from lorsp.search import default_root, prepare_study, rdb_storage, storage_uri, trial_records
+    from lorsp.search import prepare_study, rdb_storage, storage_uri, study_history, trial_records
 
     uri = storage_uri(study, storage)
     optuna_storage = rdb_storage(uri)
-    done, todo = prepare_study(study, optuna_storage, resume)
-    searcher = _searcher(study, optuna_storage)  # builds the space: a bad space fails here, before Ray starts
+    history = study_history(optuna_storage, study.name)
+    finished, waiting, todo = prepare_study(study, optuna_storage, resume)
+    searcher = _searcher(study, optuna_storage, history)  # builds the space: a bad space fails here, before Ray starts
     if resume:
-        log(f"resuming study '{study.name}': {done} trials already finished, {todo} to run")
+        log(f"resuming study '{study.name}': {finished} trials finished, {waiting} interrupted to resume, "
+            f"{todo - waiting} new to run")
     if todo == 0:
-        log(f"study '{study.name}' already has {done} of {study.search.num_samples} trials")
-        return trial_records(study, optuna_storage)
+        log(f"study '{study.name}' already has {finished} of {study.search.num_samples} trials")
+        return StudyRun(trial_records(study, optuna_storage))
 
     init_ray(address)
-    d = study.data
     tick = time.perf_counter()
     # Decode the data set once here and share it with every trial through the object store.
-    splits = load_splits(d.dataset, image_size=d.image_size, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                         seed=d.seed, max_train=d.max_train, root=d.root, image_column=d.image_column,
-                         label_column=d.label_column)
+    splits = load_splits_for(study.data)
     splits_ref = ray.put(splits)
     log(f"data: {splits.source} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}) "
         f"loaded in {time.perf_counter() - tick:.1f}s")
+
+    from lorsp.search import default_root
 
     storage_path = str(default_root(study) / "ray")
     # Tune snapshots the experiment every `num_to_keep` checkpoints and warns when that happens
     # within 5 s; a quickstart epoch takes a second, and the snapshot is a small local copy.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A failed trial reports only its error, without the scheduler's metric: that is not a bug.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    interruption = interruption or Interruption()
     progress = ProgressCallback(study, total=todo)
     inline = not study.resources.uses_ray_train
+    callbacks = [searcher.checkpoint_callback(), progress, *(callbacks or [])]
     tuner = tune.Tuner(
-        _trainable(study, splits_ref, storage_path),
+        trainable(study, splits_ref, storage_path),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(study), num_samples=todo,
                                     max_concurrent_trials=study.search.max_concurrent,
                                     reuse_actors=inline,  # keeps torch/timm imported from trial to trial
                                     trial_dirname_creator=lambda trial: f"{study.name}-{trial.trial_id}"),
         run_config=tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
-                                  callbacks=[_checkpoint_path_callback(), progress, *(callbacks or [])], verbose=0,
+                                  callbacks=callbacks, verbose=0, stop=interruption.stopper(),
                                   failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
     launcher = "in the trial process" if inline else f"Ray Train, {study.resources.workers_per_trial} worker(s) each"
     log(f"study '{study.name}': {todo} trials, {study.search.max_concurrent} at a time ({launcher}), "
         f"sampler {study.search.sampler}, objectives {', '.join(f'{o.mode} {o.metric}' for o in study.objectives)}; storage {uri}")
-    tuner.fit()
-    return trial_records(study, optuna_storage)
+    interruption.arm()
+    try:
+        tuner.fit()
+    except BaseException:
+        _stop_unfinished(searcher, callbacks, "the driver stopped with an error")
+        raise
+    finally:
+        interruption.armed = False
+    interrupted = _stop_unfinished(searcher, callbacks, "interrupted" if interruption.signal else "the study ended")
+    return StudyRun(trial_records(study, optuna_storage), interrupted=interrupted,
+                    stopped=interruption.signal is not None)
+
+
+def _stop_unfinished(searcher: Any, callbacks: list[Any], reason: str) -> int:
+    """Put the trials this driver started but did not finish back in the queue; close their runs."""
+    count = 0
+    try:
+        count = searcher.interrupt_unfinished()
+    finally:
+        for callback in callbacks:
+            close = getattr(callback, "close_unfinished", None)
+            if close is not None:
+                close(reason)
+    return count
+
+
+def resume_command(argv: list[str]) -> str:
+    """The exact command that continues this study: the same arguments plus --resume."""
+    args = list(argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["python", "-m", "lorsp.tune", *args])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the study file (repeatable)")
-    args = parser.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw_argv)
     overrides = list(args.overrides)
     if args.num_samples is not None:
         overrides.append(f"search.num_samples={args.num_samples}")
@@ -361,43 +488,33 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"name={args.name}")
     if args.tracking_uri:
         overrides.append(f"tracking.uri={args.tracking_uri}")
-    try:
-        study = load_study(args.space, overrides)
-        callbacks = _tracking_callbacks(study)
-        records = run_study(study, storage=args.storage, resume=args.resume, address=args.address,
-                            callbacks=callbacks)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished trials are kept; continue with --resume", file=sys.stderr)
-        return 130
+    with Interruption() as interruption:
+        try:
+            study = load_study(args.space, overrides)
+            from lorsp.tracking import finish_study, tune_callbacks
+
+            callbacks = tune_callbacks(study)
+            run = run_study(study, storage=args.storage, resume=args.resume, address=args.address,
+                            callbacks=callbacks, interruption=interruption)
+        except (ConfigError, DataError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"interrupted: no trial was lost; continue with: {resume_command(raw_argv)}", file=sys.stderr)
+            return interruption.exit_code
     from lorsp.progress import print_pareto_table
 
-    _finish_tracking(study, records)
-    print_pareto_table(study, records)
-    if records and all(r.state == "FAIL" for r in records):
+    if run.stopped:
+        print_pareto_table(study, run.records)
+        print(f"interrupted: {run.interrupted} running trial(s) keep their last checkpoint; continue with: "
+              f"{resume_command(raw_argv)}", file=sys.stderr)
+        return interruption.exit_code
+    finish_study(study, run.records, warned=any(getattr(c, "failure", None) for c in callbacks))
+    print_pareto_table(study, run.records)
+    if run.records and all(r.state == "FAIL" for r in run.records):
         print("error: every trial failed; see the trial errors above", file=sys.stderr)
         return 1
     return 0
-
-
-def _tracking_callbacks(study: StudyConfig) -> list[Any]:
-    """MLflow recording, when lorsp.tracking is available (it plugs in as a Tune callback)."""
-    try:
-        from lorsp.tracking import tune_callbacks
-    except ImportError:
-        return []
-    return tune_callbacks(study)
-
-
-def _finish_tracking(study: StudyConfig, records: list[TrialRecord]) -> None:
-    """Pareto tags, hypervolume and the front plot on the study's MLflow runs, when tracking is available."""
-    try:
-        from lorsp.tracking import finish_study
-    except ImportError:
-        return
-    finish_study(study, records)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -32,3 +34,31 @@ def write_study(tmp_path: Path):
         return path
 
     return write
+
+
+# ---------------------------------------------------------------- independent references (tests only)
+def brute_force_front(points: list[list[float]], modes: list[str]) -> set[int]:
+    """Indices no other point dominates, by the textbook definition."""
+    sign = [1.0 if m == "min" else -1.0 for m in modes]
+    pts = [[s * v for s, v in zip(sign, p)] for p in points]
+    front = set()
+    for i, p in enumerate(pts):
+        dominated = any(all(q[k] <= p[k] for k in range(len(p))) and any(q[k] < p[k] for k in range(len(p)))
+                        for j, q in enumerate(pts) if j != i)
+        if not dominated:
+            front.add(i)
+    return front
+
+
+def inclusion_exclusion_hv(points: list[list[float]], modes: list[str], ref: list[float]) -> float:
+    """Hypervolume as the volume of a union of boxes, by inclusion-exclusion (exact, exponential)."""
+    sign = [1.0 if m == "min" else -1.0 for m in modes]
+    pts = [[s * v for s, v in zip(sign, p)] for p in points]
+    r = [s * v for s, v in zip(sign, ref)]
+    total = 0.0
+    for size in range(1, len(pts) + 1):
+        for subset in itertools.combinations(pts, size):
+            corner = [max(p[k] for p in subset) for k in range(len(r))]
+            volume = float(np.prod([max(0.0, r[k] - corner[k]) for k in range(len(r))]))
+            total += (-1) ** (size + 1) * volume
+    return total

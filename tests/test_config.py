@@ -47,6 +47,10 @@ def test_vit_study_parses():
         ({"search.sampler": "cmaes"}, "unknown value 'cmaes' for search.sampler"),
         ({"data.dataset": "imagenet-99"}, "data.dataset"),
         ({"objectives": [{"metric": "speed", "mode": "max"}]}, "objectives.metric"),
+        ({"objectives": [{"metric": "test_acc", "mode": "max"}]}, "test split, which never selects"),
+        ({"search.scheduler": {"type": "asha", "metric": "test_acc"}}, "search.scheduler.metric: 'test_acc'"),
+        ({"space.lr.balanced": True}, "balanced: true"),
+        ({"objectives": [{"metric": "val_acc"}, {"metric": "val_acc"}]}, "each metric once"),
         ({"resources.launcher": "fork"}, "resources.launcher"),
         ({"resources.launcher": "inline", "resources.workers_per_trial": 2}, "launcher: ray_train"),
     ],
@@ -83,3 +87,14 @@ def test_cli_exit_code_2_without_traceback(write_study, module):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "prompt.method" in lines[0]
+
+
+def test_objective_mode_defaults_to_the_metrics_direction(write_study):
+    study = load_study(write_study({"objectives": [{"metric": "val_acc"}, {"metric": "prompt_density"}]}))
+    assert [(o.metric, o.mode) for o in study.objectives] == [("val_acc", "max"), ("prompt_density", "min")]
+
+
+def test_test_metric_refusal_names_the_fix(write_study):
+    with pytest.raises(ConfigError) as err:
+        load_study(write_study({"objectives": [{"metric": "test_acc", "mode": "max"}]}))
+    assert str(err.value).endswith("use val_acc")

@@ -6,53 +6,15 @@ No Ray here: the CLI test builds a real Optuna RDB storage the way `lorsp.tune` 
 from __future__ import annotations
 
 import csv
-import itertools
-
 import numpy as np
 import optuna
 import pyarrow.parquet as pq
 import pytest
 
 from lorsp.config import load_study
-from lorsp.pareto import (
-    TrialRecord,
-    dominates,
-    hypervolume,
-    main,
-    non_dominated_ranks,
-    rank_trials,
-    reference_point,
-    summarise,
-)
-from tests.conftest import QUICKSTART
-
-
-# ---------------------------------------------------------------- independent references
-def brute_force_front(points: list[list[float]], modes: list[str]) -> set[int]:
-    """Indices no other point dominates, by the textbook definition."""
-    sign = [1.0 if m == "min" else -1.0 for m in modes]
-    pts = [[s * v for s, v in zip(sign, p)] for p in points]
-    front = set()
-    for i, p in enumerate(pts):
-        dominated = any(all(q[k] <= p[k] for k in range(len(p))) and any(q[k] < p[k] for k in range(len(p)))
-                        for j, q in enumerate(pts) if j != i)
-        if not dominated:
-            front.add(i)
-    return front
-
-
-def inclusion_exclusion_hv(points: list[list[float]], modes: list[str], ref: list[float]) -> float:
-    """Hypervolume as the volume of a union of boxes, by inclusion-exclusion (exact, exponential)."""
-    sign = [1.0 if m == "min" else -1.0 for m in modes]
-    pts = [[s * v for s, v in zip(sign, p)] for p in points]
-    r = [s * v for s, v in zip(sign, ref)]
-    total = 0.0
-    for size in range(1, len(pts) + 1):
-        for subset in itertools.combinations(pts, size):
-            corner = [max(p[k] for p in subset) for k in range(len(r))]
-            volume = float(np.prod([max(0.0, r[k] - corner[k]) for k in range(len(r))]))
-            total += (-1) ** (size + 1) * volume
-    return total
+from lorsp.pareto import TrialRecord, hypervolume, non_dominated_ranks, rank_trials, reference_point, summarise
+from lorsp.pareto.__main__ import main
+from tests.conftest import QUICKSTART, brute_force_front, inclusion_exclusion_hv
 
 
 # ---------------------------------------------------------------- hypervolume
@@ -112,21 +74,21 @@ def test_non_dominated_ranks_agree_with_brute_force():
 def test_rank_trials_only_full_budget_complete():
     objectives = [("val_acc", "max"), ("prompt_density", "min")]
     trials = [
-        TrialRecord(0, {}, {"val_acc": 0.5, "prompt_density": 0.5}, True, "COMPLETE"),
-        TrialRecord(1, {}, {"val_acc": 0.9, "prompt_density": 0.1}, False, "COMPLETE"),  # stopped early
-        TrialRecord(2, {}, {"val_acc": 0.4, "prompt_density": 0.6}, True, "COMPLETE"),
-        TrialRecord(3, {}, {"val_acc": 0.99, "prompt_density": 0.0}, True, "FAIL"),
+        TrialRecord(0, {}, {"val_acc": 0.5, "prompt_density": 0.5}, "COMPLETE"),
+        TrialRecord(1, {}, {"val_acc": 0.9, "prompt_density": 0.1}, "PRUNED"),  # stopped early
+        TrialRecord(2, {}, {"val_acc": 0.4, "prompt_density": 0.6}, "COMPLETE"),
+        TrialRecord(3, {}, {"val_acc": 0.99, "prompt_density": 0.0}, "FAIL"),
+        TrialRecord(4, {}, {"val_acc": 0.99, "prompt_density": 0.0}, "WAITING"),  # interrupted
     ]
     rank_trials(trials, objectives)
-    assert [t.pareto_rank for t in trials] == [0, None, 1, None]
-    assert dominates([0.5, 0.5], [0.4, 0.6], ["max", "min"])
+    assert [t.pareto_rank for t in trials] == [0, None, 1, None, None]
 
 
 def test_reference_point_rule():
     objectives = [("val_acc", "max"), ("prompt_density", "min"), ("trainable_params", "min")]
     values = np.array([[0.9, 0.2, 1000.0], [0.5, 0.0, 3000.0]])
     assert reference_point(objectives, values).tolist() == pytest.approx([0.0, 1.0, 3300.0])
-    records = [TrialRecord(i, {}, dict(zip([m for m, _ in objectives], v)), True, "COMPLETE")
+    records = [TrialRecord(i, {}, dict(zip([m for m, _ in objectives], v)), "COMPLETE")
                for i, v in enumerate(values.tolist())]
     summary = summarise(rank_trials(records, objectives), objectives)
     assert [r.number for r in summary.front] == [0, 1]
@@ -154,9 +116,11 @@ def stored_study(tmp_path):
     dist = {"rank": optuna.distributions.IntDistribution(1, 8, log=True)}
     for i, (acc, dens, params, full, test) in enumerate(rows):
         ot.add_trial(optuna.trial.create_trial(
-            params={"rank": i + 1}, distributions=dist, values=[acc, dens, params],
-            user_attrs={"full_budget": full, "epochs_done": 2 if full else 1, "tune_trial_id": f"t{i}",
-                        "metric:test_acc": test, "metric:val_acc": acc},
+            params={"rank": i + 1}, distributions=dist, values=[acc, dens, params] if full else None,
+            state=optuna.trial.TrialState.COMPLETE if full else optuna.trial.TrialState.PRUNED,
+            user_attrs={"epochs_done": 2 if full else 1, "tune_trial_id": f"t{i}",
+                        "metric:test_acc": test, "metric:val_acc": acc, "metric:prompt_density": dens,
+                        "metric:trainable_params": params},
         ))
     return study, rows
 
@@ -176,6 +140,9 @@ def test_pareto_cli_prints_and_writes_front(stored_study, tmp_path, capsys):
         assert sorted(int(r["trial"]) for r in csv.DictReader(handle)) == expected
     trials = pq.read_table(out / "trials.parquet").to_pylist()
     assert len(trials) == 4 and [r["pareto_rank"] for r in sorted(trials, key=lambda r: r["trial"])] == [0, 0, 1, None]
+    # The front is Optuna's own: COMPLETE trials only, so best_trials needs no filtering.
+    best = optuna.load_study(study_name="cli", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}").best_trials
+    assert sorted(t.number for t in best) == expected
     assert (out / "front.png").stat().st_size > 1000
     # Hypervolume in the printout is the front's, with the documented reference (0, 1, 1.1 x 1200).
     hv = inclusion_exclusion_hv([list(rows[i][:3]) for i in expected], ["max", "min", "min"], [0, 1, 1320])

@@ -9,14 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 
 from lorsp.config import ConfigError, load_study
-from lorsp.pareto import dominates
-from lorsp.search import INTERRUPTED, rdb_storage, storage_uri
-from tests.conftest import QUICKSTART, REPO
+from lorsp.search import rdb_storage, storage_uri
+from tests.conftest import QUICKSTART, REPO, brute_force_front
 
 pytestmark = pytest.mark.slow
 
@@ -42,25 +40,29 @@ def test_quickstart_study_end_to_end_pareto(tmp_path, local_ray):
     from lorsp.tune import run_study
 
     study = _study(tmp_path, "e2e", ["search.num_samples=4", "search.max_concurrent=2"])
-    records = run_study(study)
+    records = run_study(study).records
     assert len(records) == 4
-    complete = [r for r in records if r.state == "COMPLETE" and r.full_budget]
-    assert len(complete) == 4, [(r.state, r.full_budget, r.attrs) for r in records]
+    complete = [r for r in records if r.state == "COMPLETE"]
+    assert len(complete) == 4, [(r.state, r.error) for r in records]
+    # The quickstart's method knob is balanced: four trials, one per method, each with its own knobs.
+    assert sorted(r.params["method"] for r in records) == ["lorsp", "lorvp", "none", "pad"]
+    knobs = {r.params["method"]: set(r.params) - {"method"} for r in records}
+    assert knobs["none"] == {"lr"} and knobs["lorvp"] == {"rank", "lr"} and knobs["pad"] == {"pad_width", "lr"}
     objectives = [(o.metric, o.mode) for o in study.objectives]
     modes = [m for _, m in objectives]
     front = [r for r in records if r.pareto]
     assert front, "the Pareto front must not be empty"
-    vec = {r.number: [r.values[m] for m, _ in objectives] for r in complete}
-    for r in complete:  # independent brute-force check of non-domination
-        dominated = any(dominates(vec[o.number], vec[r.number], modes) for o in complete if o is not r)
-        assert r.pareto == (not dominated)
+    points = [[r.values[m] for m, _ in objectives] for r in complete]
+    expected = {complete[i].number for i in brute_force_front(points, modes)}  # independent reference
+    assert {r.number for r in front} == expected
+    stored = optuna.load_study(study_name="e2e", storage=storage_uri(study))
+    assert {t.number for t in stored.best_trials} == {r.number for r in front}  # Optuna's own front
     for r in complete:
         assert 0.0 <= r.values["val_acc"] <= 1.0 and "test_acc" in r.values
-        assert r.attrs["epochs_done"] == 2
+        assert r.epochs_done == 2
         # One-worker trials train inline; their stored checkpoint path reaches Optuna as Ray Train's does.
-        assert (Path(r.attrs["checkpoint_path"]) / "prompt.safetensors").is_file(), r.attrs
-    # Two trials ran at a time: their (start, end) intervals overlap somewhere.
-    assert len({r.attrs.get("tune_trial_id") for r in records}) == 4
+        assert (Path(r.checkpoint_path) / "prompt.safetensors").is_file(), r
+    assert len({r.tune_trial_id for r in records}) == 4
 
 
 def test_inline_trial_whose_process_dies_resumes_from_its_checkpoint(tmp_path, local_ray):
@@ -83,11 +85,11 @@ def test_inline_trial_whose_process_dies_resumes_from_its_checkpoint(tmp_path, l
                 killed.append(int(trial.last_result["pid"]))
                 os.kill(killed[0], signal.SIGKILL)
 
-    (record,) = run_study(study, callbacks=[KillAfterFirstCheckpoint()])
+    (record,) = run_study(study, callbacks=[KillAfterFirstCheckpoint()]).records
     assert killed and pids[0] == killed[0]
     assert epochs == [1, 2, 3], epochs  # continued after epoch 1, never restarted from zero
     assert pids[-1] != killed[0]  # a new process finished the trial
-    assert record.state == "COMPLETE" and record.full_budget and record.attrs["epochs_done"] == 3
+    assert record.state == "COMPLETE" and record.epochs_done == 3
 
 
 def test_two_ddp_workers_see_different_data(tmp_path, local_ray):
@@ -103,31 +105,104 @@ def test_two_ddp_workers_see_different_data(tmp_path, local_ray):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             seen[trial.trial_id] = dict(result)
 
-    records = run_study(study, callbacks=[Keep()])
-    assert records[0].state == "COMPLETE" and records[0].full_budget
+    records = run_study(study, callbacks=[Keep()]).records
+    assert records[0].state == "COMPLETE"
     (result,) = seen.values()
     assert result["shard_digest_0"] != result["shard_digest_1"]
     # Each rank trains on half of the (padded) training set.
     assert result["epoch"] == 2
 
 
-def test_asha_stopped_trials_never_enter_the_front(tmp_path, local_ray):
+def test_asha_stopped_trials_are_pruned_and_never_enter_the_front(tmp_path, local_ray):
     from lorsp.tune import run_study
 
     # ASHA on trainable_params (min) makes the stops deterministic: with trials one at a time, a
     # trial whose rank gives more parameters than the first trial's is cut at the first rung.
     study = _study(tmp_path, "asha", [
         "search.num_samples=4", "search.max_concurrent=1", "search.sampler=random", "search.seed=3",
-        "train.epochs=3",
+        "train.epochs=3", "prompt.method=lorsp",
         "search.scheduler={type: asha, metric: trainable_params, mode: min, grace_period: 1, reduction_factor: 2}",
     ])
-    records = run_study(study)
-    stopped = [r for r in records if r.state == "COMPLETE" and not r.full_budget]
-    assert stopped, f"expected ASHA to stop a trial: {[(r.params, r.attrs) for r in records]}"
+    records = run_study(study).records
+    stopped = [r for r in records if r.state == "PRUNED"]
+    assert stopped, f"expected ASHA to stop a trial: {[(r.params, r.state, r.epochs_done) for r in records]}"
+    stored = optuna.load_study(study_name="asha", storage=storage_uri(study))
     for r in stopped:
         assert r.pareto_rank is None and not r.pareto
-        assert r.attrs["epochs_done"] < 3
-    assert any(r.pareto for r in records if r.full_budget)
+        assert r.epochs_done < 3
+        assert stored.trials[r.number].values is None  # the sampler never sees partial values as results
+        assert 0.0 <= r.values["val_acc"] <= 1.0  # ... which stay readable as attributes
+    assert {t.number for t in stored.best_trials} == {r.number for r in records if r.pareto}
+    assert any(r.pareto for r in records if r.state == "COMPLETE")
+
+
+def test_resumed_study_proposes_new_configurations(tmp_path, local_ray):
+    from lorsp.tune import run_study
+
+    study = _study(tmp_path, "again", ["search.num_samples=2", "search.max_concurrent=1", "train.epochs=1",
+                                       "prompt.method=lorsp"])
+    run_study(study)
+    more = study.model_copy(update={"search": study.search.model_copy(update={"num_samples": 4})})
+    records = run_study(more, resume=True).records
+    assert [r.number for r in records] == [0, 1, 2, 3] and all(r.state == "COMPLETE" for r in records)
+    configs = {tuple(sorted(r.params.items())) for r in records}
+    assert len(configs) == 4, [r.params for r in records]
+
+
+def test_diverging_trials_fail_once_in_one_line(tmp_path, local_ray, capsys):
+    import mlflow
+    import ray.tune
+
+    from lorsp.tracking import tracking_uri, tune_callbacks
+    from lorsp.tune import run_study
+
+    study = _study(tmp_path, "diverge", ["search.num_samples=2", "search.max_concurrent=2", "prompt.method=lorvp",
+                                         "space.lr={type: float, low: 1.0e+30, high: 1.0e+35, log: true}"])
+    recovered: list[str] = []
+
+    class Recoveries(ray.tune.Callback):
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            recovered.append(trial.trial_id)
+
+    records = run_study(study, callbacks=[*tune_callbacks(study), Recoveries()]).records
+    assert [r.state for r in records] == ["FAIL", "FAIL"]
+    assert not recovered  # a diverged loss is not retried
+    assert all(r.error.startswith("TrainingDiverged: loss became nan in epoch 1") for r in records)
+    out = capsys.readouterr()
+    lines = [line for line in out.out.splitlines() if " failed: " in line]
+    assert len(lines) == 2 and all("lower train.lr" in line for line in lines)
+    assert "Traceback" not in out.out + out.err
+    client = mlflow.MlflowClient(tracking_uri(study))
+    runs = client.search_runs([client.get_experiment_by_name("diverge").experiment_id], "tags.`lorsp.role` = 'trial'")
+    assert len(runs) == 2
+    for mlflow_run in runs:
+        assert mlflow_run.info.status == "FAILED" and mlflow_run.data.tags["error"].startswith("TrainingDiverged")
+        traceback_file = client.download_artifacts(mlflow_run.info.run_id, "error.txt", str(tmp_path))
+        assert "Traceback" in Path(traceback_file).read_text()
+
+
+def test_driver_error_leaves_nothing_running(tmp_path, local_ray):
+    import mlflow
+    import ray.tune
+
+    from lorsp.tracking import tracking_uri, tune_callbacks
+    from lorsp.tune import run_study
+
+    study = _study(tmp_path, "crash", ["search.num_samples=3", "search.max_concurrent=1", "train.epochs=4",
+                                       "prompt.method=lorvp"])
+
+    class Crash(ray.tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result["epoch"] == 2:
+                raise RuntimeError("a bug in a callback")
+
+    with pytest.raises(RuntimeError, match="a bug in a callback"):
+        run_study(study, callbacks=[*tune_callbacks(study), Crash()])
+    trials = optuna.load_study(study_name="crash", storage=storage_uri(study)).trials
+    assert trials and [t.state.name for t in trials] == ["WAITING"] * len(trials)
+    client = mlflow.MlflowClient(tracking_uri(study))
+    runs = client.search_runs([client.get_experiment_by_name("crash").experiment_id])
+    assert runs and all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
 
 
 def test_bad_space_fails_before_any_trial(write_study, tmp_path):
@@ -148,47 +223,82 @@ def test_existing_study_needs_resume(tmp_path):
     from lorsp.search import prepare_study
 
     storage = rdb_storage(storage_uri(study))
-    assert prepare_study(study, storage, resume=False) == (0, 2)
+    assert prepare_study(study, storage, resume=False) == (0, 0, 2)
     with pytest.raises(ConfigError, match="--resume"):
         prepare_study(study, storage, resume=False)
     other = _study(tmp_path, "other", ["search.num_samples=2"])
-    assert prepare_study(other, storage, resume=False) == (0, 2)  # different names never mix
+    assert prepare_study(other, storage, resume=False) == (0, 0, 2)  # different names never mix
 
 
-def test_interrupted_study_resumes_without_loss_or_rerun(tmp_path):
+def _interrupt_then_resume(tmp_path: Path, sig: signal.Signals) -> tuple[subprocess.CompletedProcess, str, Path]:
+    """Run a 4-trial study one trial at a time, send `sig` to the driver once two trials finished
+    and the third has a checkpoint of epoch 2 (read from the Optuna storage, not from timing), and
+    return (the resumed run, the interrupted run's stderr, the store folder)."""
     root = tmp_path / "runs"
     args = [sys.executable, "-m", "lorsp.tune", "--space", str(QUICKSTART), "--name", "resumable",
-            "--num-samples", "4", "--max-concurrent", "1", *[a for kv in SMALL for a in ("--set", kv)],
-            "--set", f"tracking.root={root}"]
+            "--num-samples", "4", "--max-concurrent", "1", "--set", "data.max_train=160", "--set", "data.batch_size=40",
+            "--set", "train.epochs=5", "--set", f"tracking.root={root}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
-    lines = []
+    url = f"sqlite:///{root / 'optuna.db'}"
     deadline = time.time() + 400
-    for line in proc.stdout:
-        lines.append(line)
-        if "[2/4 ended" in line or time.time() > deadline:
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="resumable", storage=url).trials
+        except Exception:
+            continue  # not created yet
+        finished = sum(t.state.name == "COMPLETE" for t in trials)
+        if finished >= 2 and any(t.state.name == "RUNNING" and t.user_attrs.get("epochs_done", 0) >= 2 for t in trials):
             break
-    assert any("[2/4 ended" in line for line in lines), "".join(lines[-30:])
-    proc.send_signal(signal.SIGINT)  # Ctrl-C on the driver
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"the study never reached the point to interrupt: {proc.communicate()}")
+    proc.send_signal(sig)
     try:
-        proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-    storage = rdb_storage(f"sqlite:///{root / 'optuna.db'}")
-    before = {t.number: (t.params, t.values) for t in optuna.load_study(study_name="resumable", storage=storage).trials
-              if t.state == optuna.trial.TrialState.COMPLETE}
-    assert len(before) >= 2
+        raise
+    assert proc.returncode == 128 + sig, (proc.returncode, out[-2000:], err[-2000:])
+    # Nothing stays RUNNING in either store.
+    trials = optuna.load_study(study_name="resumable", storage=url).trials
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    waiting = [t for t in trials if t.state.name == "WAITING"]
+    assert waiting and all(t.user_attrs.get("epochs_done", 0) >= 2 for t in waiting)
+    import mlflow
 
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("resumable").experiment_id])
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     done = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    return done, err, root
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_study_resumes_every_trial_once(tmp_path, sig):
+    done, interrupted_err, root = _interrupt_then_resume(tmp_path, sig)
+    # One line with the exact command that resumes.
+    (hint,) = [line for line in interrupted_err.splitlines() if line.startswith("interrupted:")]
+    assert hint.endswith("--resume") and "python -m lorsp.tune --space" in hint and "Tuner.restore" not in interrupted_err
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert f"{len(before)} trials already finished" in done.stdout
-    trials = optuna.load_study(study_name="resumable", storage=storage).trials
-    finished = [t for t in trials if not t.user_attrs.get(INTERRUPTED)]
-    assert len(finished) == 4  # the total reaches num_samples
-    for number, (params, values) in before.items():  # nothing finished was lost or re-run
-        assert trials[number].params == params and trials[number].values == values
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in finished)
-    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in trials)
-    assert np.isfinite([v for t in finished for v in t.values]).all()
+    assert "interrupted to resume" in done.stdout
+    trials = optuna.load_study(study_name="resumable", storage=f"sqlite:///{root / 'optuna.db'}").trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]  # every trial number once, none repeated
+    assert all(t.state.name == "COMPLETE" and t.user_attrs["epochs_done"] == 5 for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    resumed = [t for t in trials if t.user_attrs.get("interruptions")]
+    assert resumed
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = {int(r.data.tags["optuna_trial"]): r for r in client.search_runs(
+        [client.get_experiment_by_name("resumable").experiment_id], "tags.`lorsp.role` = 'trial'")}
+    assert sorted(runs) == [0, 1, 2, 3] and all(r.info.status == "FINISHED" for r in runs.values())
+    for t in resumed:
+        # Resumed from its checkpoint, not re-run: every epoch was logged exactly once, and the
+        # resumed part started after epoch 2.
+        steps = [m.step for m in client.get_metric_history(runs[t.number].info.run_id, "val_acc")]
+        assert sorted(steps) == [1, 2, 3, 4, 5], steps
+        assert runs[t.number].data.tags["resumed"] == "true"

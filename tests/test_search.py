@@ -1,0 +1,132 @@
+"""The Optuna side of a study on a real RDB storage: conditional spaces, balanced budgets, the
+sampler's seed on resume, and interrupted trials that wait in the queue to be finished."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+
+from lorsp.config import ConfigError, load_study
+from lorsp.prompts import PROMPTERS
+from lorsp.search import (
+    CHECKPOINT, INTERRUPTIONS, ConditionalSpace, create_sampler, mark_interrupted, method_knobs,
+    next_balanced_choice, prepare_study, rdb_storage, sampler_seed, storage_uri, used_knobs,
+)
+from tests.conftest import QUICKSTART
+
+METHODS = ["lorsp", "lorvp", "pad", "none"]
+
+
+def _study(tmp_path: Path, *overrides: str):
+    return load_study(QUICKSTART, [f"tracking.root={tmp_path / 'runs'}", *overrides])
+
+
+def test_each_method_samples_only_the_knobs_it_reads(tmp_path):
+    study = _study(tmp_path)
+    assert study.space["method"].choices == METHODS
+    space = ConditionalSpace(study)
+    ot = optuna.create_study(directions=["maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seen: dict[str, set[frozenset[str]]] = {}
+    for _ in range(60):
+        trial = ot.ask()
+        space(trial)
+        method = trial.params["method"]
+        seen.setdefault(method, set()).add(frozenset(trial.params) - {"method"})
+        ot.tell(trial, 0.5)
+    assert seen == {
+        "lorsp": {frozenset({"rank", "timesteps", "threshold", "decay", "surrogate_slope", "lr"})},
+        "lorvp": {frozenset({"rank", "lr"})},
+        "pad": {frozenset({"pad_width", "lr"})},
+        "none": {frozenset({"lr"})},
+    }
+
+
+def test_knob_ownership_comes_from_the_prompters():
+    assert method_knobs() == {name: cls.knobs for name, cls in PROMPTERS.items()}
+    # The config's method list and the prompter registry are one list.
+    from lorsp.config import PROMPT_METHODS
+
+    assert set(PROMPT_METHODS) == set(PROMPTERS)
+
+
+def test_used_knobs_keeps_train_knobs_for_every_method(tmp_path):
+    study = _study(tmp_path)
+    assert used_knobs(study, "none") == ["lr"]
+    assert set(used_knobs(study, "lorsp")) == {"rank", "timesteps", "threshold", "decay", "surrogate_slope", "lr"}
+
+
+def test_a_knob_no_method_reads_is_refused(tmp_path):
+    study = _study(tmp_path, "space.method.choices=[lorvp, none]", "space.method.default=lorvp")
+    with pytest.raises(ConfigError, match=r"space.timesteps: no method of this study uses it .*lorsp"):
+        ConditionalSpace(study)
+
+
+def test_balanced_choice_gives_each_method_the_same_budget():
+    ot = optuna.create_study(directions=["maximize"], sampler=optuna.samplers.TPESampler(seed=0))
+    for _ in range(10):
+        ot.enqueue_trial({"method": next_balanced_choice(ot, "method", METHODS)})
+        trial = ot.ask()
+        trial.suggest_categorical("method", METHODS)
+        # A sampler that would always pick lorsp would win without the balance: make lorsp look best.
+        ot.tell(trial, 1.0 if trial.params["method"] == "lorsp" else 0.0)
+    counts = Counter(t.params["method"] for t in ot.trials)
+    assert counts == {"lorsp": 3, "lorvp": 3, "pad": 2, "none": 2}
+    assert [t.params["method"] for t in ot.trials[:4]] == METHODS
+
+
+def test_sampler_seed_depends_on_the_study_history(tmp_path):
+    study = _study(tmp_path, "search.sampler=random")
+    assert sampler_seed(study, 0) == study.search.seed  # a fresh study is reproducible from its seed
+    assert sampler_seed(study, 2) == sampler_seed(study, 2) != sampler_seed(study, 3)
+
+    def proposals(history: int, n: int) -> list[float]:
+        ot = optuna.create_study(directions=["maximize"], sampler=create_sampler(study, history))
+        out = []
+        for _ in range(n):
+            trial = ot.ask()
+            out.append(trial.suggest_float("lr", 1e-3, 1e-1, log=True))
+            ot.tell(trial, 0.0)
+        return out
+
+    assert proposals(0, 2) == proposals(0, 2)
+    assert not set(proposals(0, 2)) & set(proposals(2, 2))  # a resumed sampler does not replay
+
+
+def test_interrupted_trial_waits_and_comes_back_with_its_number_and_params(tmp_path):
+    study = _study(tmp_path, "name=queue", "search.num_samples=3")
+    storage = rdb_storage(storage_uri(study))
+    assert prepare_study(study, storage, resume=False) == (0, 0, 3)
+    ot = optuna.load_study(study_name="queue", storage=storage)
+    first = ot.ask()
+    first.suggest_float("lr", 1e-3, 1e-1, log=True)
+    ot.tell(first, [0.5, 0.1, 100.0])
+    second = ot.ask()
+    lr = second.suggest_float("lr", 1e-3, 1e-1, log=True)
+    second.set_user_attr(CHECKPOINT, "/somewhere/checkpoint_000001")
+    mark_interrupted(storage, second)
+    stored = ot.trials[1]
+    assert stored.state == optuna.trial.TrialState.WAITING and stored.user_attrs[INTERRUPTIONS] == 1
+    third = ot.ask()  # whoever asks next gets the interrupted trial back, not a new one
+    assert third.number == 1 and third.params == {"lr": lr}
+    assert third.suggest_float("lr", 1e-3, 1e-1, log=True) == lr
+    assert third.user_attrs[CHECKPOINT] == "/somewhere/checkpoint_000001"
+
+
+def test_resume_counts_finished_and_queues_running_trials(tmp_path):
+    study = _study(tmp_path, "name=counts", "search.num_samples=4")
+    storage = rdb_storage(storage_uri(study))
+    prepare_study(study, storage, resume=False)
+    ot = optuna.load_study(study_name="counts", storage=storage)
+    states = [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    for state in states:
+        trial = ot.ask()
+        ot.tell(trial, [0.5, 0.1, 100.0] if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    ot.ask()  # left RUNNING by a driver that died (SIGKILL)
+    with pytest.raises(ConfigError, match="--resume"):
+        prepare_study(study, storage, resume=False)
+    assert prepare_study(study, storage, resume=True) == (2, 1, 2)
+    assert [t.state.name for t in ot.trials] == ["COMPLETE", "PRUNED", "WAITING"]
+    assert not ot.get_trials(states=(optuna.trial.TrialState.RUNNING,))
