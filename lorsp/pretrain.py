@@ -61,7 +61,7 @@ def pretrain(
     model = timm.create_model(model_name, pretrained=False, num_classes=splits.num_classes, **(model_kwargs or {}))
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in normalisation(model))
     batches = BatchIterator(splits.train, batch_size=batch_size, image_size=image_size, shuffle=True,
-                            augment=True, seed=seed, drop_last=len(splits.train) > batch_size)
+                            augment="crop_flip", seed=seed, drop_last=len(splits.train) > batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * len(batches))
     started = time.perf_counter()

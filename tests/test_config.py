@@ -49,6 +49,9 @@ def test_vit_study_parses():
         ({"objectives": [{"metric": "speed", "mode": "max"}]}, "objectives.metric"),
         ({"resources.launcher": "fork"}, "resources.launcher"),
         ({"resources.launcher": "inline", "resources.workers_per_trial": 2}, "launcher: ray_train"),
+        ({"data.augment": True}, "data.augment: a boolean is no longer accepted"),
+        ({"data.augment": False}, "data.augment: a boolean is no longer accepted"),
+        ({"data.augment": "cropflip"}, "did you mean 'crop_flip'"),
     ],
 )
 def test_bad_config_is_one_line(write_study, overrides, expected):
@@ -83,3 +86,13 @@ def test_cli_exit_code_2_without_traceback(write_study, module):
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "prompt.method" in lines[0]
+
+
+def test_augment_is_a_mode_defaulting_to_none(write_study):
+    assert load_study(QUICKSTART).data.augment == "none"
+    assert load_study(QUICKSTART, ["data.augment=crop"]).data.augment == "crop"
+    # an old study file's boolean: refused, with the choices and the reason (flips change classes)
+    with pytest.raises(ConfigError) as err:
+        load_study(write_study({"data.augment": True}))
+    message = str(err.value)
+    assert "none, crop, flip, crop_flip" in message and "digits" in message and "\n" not in message
