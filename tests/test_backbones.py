@@ -30,6 +30,7 @@ def test_shipped_weights_load_through_timm_and_say_what_they_are():
         assert set(f.keys()) == set(model.state_dict())  # headless: nothing missing, no classifier
     assert recipe["model"] == "vit_micro_patch4_16" and recipe["source_val_acc"] > 0.9
     assert "synthetic" in recipe["dataset"]  # pretrained on gratings, never on the digits it is prompted for
+    assert recipe["augment"] in ("none", "crop")  # a flip turns one grating orientation class into another
     random = create_backbone(BackboneConfig(model="vit_micro_patch4_16", pretrained=False), 16)
     assert not torch.equal(random.state_dict()["blocks.0.attn.qkv.weight"], model.state_dict()["blocks.0.attn.qkv.weight"])
     cfg = timm.data.resolve_data_config({}, model=model)
