@@ -12,15 +12,18 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorsp.metrics import METRICS, selection_error
 
 PROMPT_METHODS = ("none", "pad", "lorvp", "lorsp", "spike_nvpt")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+AugmentMode = Literal["none", "crop", "flip", "crop_flip"]
+#: ``data.augment`` choices; :data:`lorsp.data.AUGMENT_MODES` is the same tuple (a test holds it).
+AUGMENT_MODES: tuple[str, ...] = get_args(AugmentMode)
 
 
 class ConfigError(ValueError):
@@ -41,6 +44,22 @@ class BackboneConfig(_Section):
 
 
 class DataConfig(_Section):
+    """What the prompt is trained and judged on, and how training batches are augmented.
+
+    `seed` fixes the train / validation / test splits and nothing else (`train.seed` owns data
+    order, augmentation and initialisation), so runs that differ in `train.seed` are judged on the
+    same validation and test images.
+
+    `augment` applies to training batches only (validation and test batches never are):
+    * `none` (default): LoR-VP's recipe; always safe.
+    * `crop`: random shift by up to 1/8 of the side with zero fill; safe where a small translation
+      keeps the class (objects, digits, textures, gratings) and nothing needed sits at the border.
+    * `flip`: horizontal mirror; only where a mirror image is the same class (natural photos such as
+      CIFAR, pets, flowers). Never for digits, text, signs with a direction or orientation-labelled
+      images: a flipped 2, 'b' or 30-degree grating is another glyph or class.
+    * `crop_flip`: both, the usual CIFAR recipe, under the same proviso as `flip`.
+    """
+
     dataset: str = "digits"
     image_size: int = Field(32, ge=8, le=1024)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -52,7 +71,25 @@ class DataConfig(_Section):
     root: str | None = None
     image_column: str = "image"
     label_column: str = "label"
-    augment: bool = True
+    augment: AugmentMode = "none"
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_is_a_mode(cls, value: Any) -> Any:
+        # Old study files said `augment: true`, which meant crop + flip; guessing a mode for them
+        # would silently keep flipping digits, so the user has to choose. (ValueError, not
+        # TypeError: pydantic turns only ValueError into the one-line report.)
+        if isinstance(value, bool):
+            raise ValueError(
+                f"a boolean is no longer accepted (got {str(value).lower()}; true meant crop_flip): "
+                f"choose one of {', '.join(AUGMENT_MODES)}; never flip digits, text or "
+                "orientation-labelled images, whose mirror image is another class"
+            )
+        if isinstance(value, str) and value not in AUGMENT_MODES:
+            hint = difflib.get_close_matches(value, AUGMENT_MODES, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ValueError(f"unknown mode '{value}'{suggestion}: choose one of {', '.join(AUGMENT_MODES)}")
+        return value
 
 
 class PromptConfig(_Section):

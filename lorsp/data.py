@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "AUGMENT_MODES",
     "BUILTIN_DATASETS",
     "TORCHVISION_DATASETS",
     "BatchIterator",
@@ -178,6 +179,10 @@ _TV: dict[str, tuple[str, str, dict[str, dict[str, Any]], dict[str, Any]]] = {
 
 #: torchvision data sets ``load_splits`` knows; downloaded to ``root`` when missing.
 TORCHVISION_DATASETS: tuple[str, ...] = tuple(_TV)
+
+#: Training-batch augmentations ``BatchIterator(augment=...)`` knows (``data.augment``); see
+#: :class:`BatchIterator` for when each is safe.
+AUGMENT_MODES: tuple[str, ...] = ("none", "crop", "flip", "crop_flip")
 
 _PATH_KINDS = ("imagefolder", "parquet")
 _SYNTHETIC_DEFAULT_N = 2000
@@ -902,6 +907,20 @@ class BatchIterator:
     equal length and DDP ranks run the same number of steps. The padding repeats a few samples,
     so for exact evaluation metrics iterate with ``world_size=1``. ``drop_last`` drops this
     rank's final incomplete batch (the ``DataLoader`` meaning).
+
+    ``augment`` is for training batches only; evaluation iterators keep the default ``"none"``:
+
+    * ``"none"``: the images as stored (LoR-VP's recipe); always safe.
+    * ``"crop"``: a random shift by up to 1/8 of the side, zero-filled (CIFAR's 4 px of 32); safe
+      when a small translation keeps the class and nothing that decides it sits at the border.
+    * ``"flip"``: a horizontal mirror of half the batch; safe only when a mirror image is the same
+      class (natural photos). Never for digits, text, directional signs or orientation-labelled
+      images (the generated gratings): the mirror of a 2, a 'b' or a 30-degree grating is another
+      glyph or orientation, so flipping teaches the model wrong labels.
+    * ``"crop_flip"``: both in one gather, under the same proviso as ``"flip"``.
+
+    ``seed`` drives the epoch order and the augmentation draws; the training loop passes
+    ``train.seed``, so a new training seed reorders the data while the splits (``data.seed``) stay.
     """
 
     def __init__(
@@ -912,7 +931,7 @@ class BatchIterator:
         image_size: int,
         device: torch.device | str = "cpu",
         shuffle: bool = False,
-        augment: bool = False,
+        augment: str = "none",
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -925,6 +944,11 @@ class BatchIterator:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if len(split) == 0:
             raise DataError("cannot iterate over an empty split")
+        if isinstance(augment, bool) or augment not in AUGMENT_MODES:
+            raise ValueError(
+                f"augment must be one of {', '.join(AUGMENT_MODES)}, got {augment!r} "
+                "(never flip digits, text or orientation-labelled images)"
+            )
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.image_size = int(image_size)
@@ -972,13 +996,14 @@ class BatchIterator:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         index = self.shard_indices().to(self.device, non_blocking=True)
-        gen = self._generator() if self.augment else None
+        crop, flip = self.augment in ("crop", "crop_flip"), self.augment in ("flip", "crop_flip")
+        gen = self._generator() if crop or flip else None
         for b in range(len(self)):
             idx = index[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images.index_select(0, idx)
             y = self.labels.index_select(0, idx)
             if gen is not None:
-                x = _random_crop_flip(x, *gen, self.device)
+                x = _random_crop_flip(x, *gen, self.device, crop=crop, flip=flip)
             yield self._to_float(x), y
 
     def _to_float(self, x: Tensor) -> Tensor:
@@ -994,24 +1019,36 @@ class BatchIterator:
 
 
 def _random_crop_flip(
-    x: Tensor, gen: torch.Generator, gen_device: torch.device, device: torch.device
+    x: Tensor,
+    gen: torch.Generator,
+    gen_device: torch.device,
+    device: torch.device,
+    *,
+    crop: bool = True,
+    flip: bool = True,
 ) -> Tensor:
-    """Batched random crop with zero padding (1/8 of the side, as CIFAR's 4 of 32) and h-flip.
+    """Batched random crop with zero padding (1/8 of the side, as CIFAR's 4 of 32) and/or h-flip.
 
-    Done at the stored resolution, before resizing, where it is cheapest; the per-sample offsets
-    and flips become one advanced-indexing gather on uint8, so no Python loop over samples. The
-    flip costs nothing extra: it only reverses the column index.
+    Done at the stored resolution, before resizing, where it is cheapest. Each part only builds
+    per-sample row and column indices (the crop offsets them, the flip reverses the columns), so
+    any combination is one advanced-indexing gather on uint8: no Python loop over samples, and the
+    random draws stay on ``gen_device`` (no host sync). With both on, the draws come in the order
+    (row offsets, column offsets, flips), so ``crop_flip`` batches are the same as before the
+    two were separable.
     """
     n, c, h, w = x.shape
-    ph, pw = max(1, round(h / 8)), max(1, round(w / 8))
-    padded = F.pad(x, (pw, pw, ph, ph))
-    oy = torch.randint(0, 2 * ph + 1, (n,), generator=gen, device=gen_device).to(device, non_blocking=True)
-    ox = torch.randint(0, 2 * pw + 1, (n,), generator=gen, device=gen_device).to(device, non_blocking=True)
-    flip = (torch.rand(n, generator=gen, device=gen_device) < 0.5).to(device, non_blocking=True)
-    ar_h = torch.arange(h, device=device)
-    ar_w = torch.arange(w, device=device)
-    rows = oy[:, None] + ar_h[None, :]  # [n, h]
-    cols = ox[:, None] + torch.where(flip[:, None], (w - 1) - ar_w[None, :], ar_w[None, :])  # [n, w]
+    rows = torch.arange(h, device=device)[None, :].expand(n, h)  # [n, h]
+    cols = torch.arange(w, device=device)[None, :].expand(n, w)  # [n, w]
+    if crop:
+        ph, pw = max(1, round(h / 8)), max(1, round(w / 8))
+        x = F.pad(x, (pw, pw, ph, ph))
+        oy = torch.randint(0, 2 * ph + 1, (n,), generator=gen, device=gen_device).to(device, non_blocking=True)
+        ox = torch.randint(0, 2 * pw + 1, (n,), generator=gen, device=gen_device).to(device, non_blocking=True)
+        rows = rows + oy[:, None]
+        cols = cols + ox[:, None]
+    if flip:
+        mirror = (torch.rand(n, generator=gen, device=gen_device) < 0.5).to(device, non_blocking=True)
+        cols = torch.where(mirror[:, None], cols.flip(1), cols)
     bi = torch.arange(n, device=device)[:, None, None, None]
     ci = torch.arange(c, device=device)[None, :, None, None]
-    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+    return x[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]

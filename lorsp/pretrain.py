@@ -21,13 +21,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorsp.config import ConfigError
-from lorsp.data import BatchIterator, DataError, load_splits
+from lorsp.data import AUGMENT_MODES, BatchIterator, DataError, load_splits
 
 DEFAULT_MODEL = "vit_micro_patch4_16"
 DEFAULT_DATASET = "synthetic:4000"
 DEFAULT_IMAGE_SIZE = 16
 DEFAULT_EPOCHS = 30
 DEFAULT_LR = 2e-3
+#: Crop only. Class c of the gratings is orientation c*pi/10 (with a class frequency and hue); a
+#: horizontal flip maps orientation theta to pi - theta, the orientation of class 10 - c, so a
+#: flipped image carries another class's orientation under this class's label. A crop (a shift
+#: with zero fill) only moves the grating's phase, which is random anyway: the class is kept.
+DEFAULT_AUGMENT = "crop"
 
 
 def pretrain(
@@ -40,13 +45,15 @@ def pretrain(
     weight_decay: float = 0.05,
     batch_size: int = 128,
     seed: int = 1,
+    augment: str = DEFAULT_AUGMENT,
     threads: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     log: Any = print,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train `model_name` (random init) with a linear head on `dataset`; return it headless + a summary.
 
-    AdamW with a one-cycle schedule and the same on-device augmentation as prompt training; the
+    AdamW with a one-cycle schedule and prompt training's on-device augmentation, restricted to what
+    keeps the source task's classes (`augment`, default crop: see :data:`DEFAULT_AUGMENT`); the
     summary records the recipe and the held-out accuracy on the source task, which is stored in the
     weights file's metadata so a shipped file says what it is.
     """
@@ -61,7 +68,7 @@ def pretrain(
     model = timm.create_model(model_name, pretrained=False, num_classes=splits.num_classes, **(model_kwargs or {}))
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in normalisation(model))
     batches = BatchIterator(splits.train, batch_size=batch_size, image_size=image_size, shuffle=True,
-                            augment=True, seed=seed, drop_last=len(splits.train) > batch_size)
+                            augment=augment, seed=seed, drop_last=len(splits.train) > batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * len(batches))
     started = time.perf_counter()
@@ -88,6 +95,7 @@ def pretrain(
     summary = {
         "model": model_name, "model_kwargs": model_kwargs or {}, "dataset": splits.source, "image_size": image_size,
         "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "seed": seed,
+        "augment": augment,
         "source_val_acc": correct / max(seen, 1), "train_time_s": time.perf_counter() - started,
     }
     return model, summary
@@ -111,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--lr", type=float, default=DEFAULT_LR)
+    parser.add_argument("--augment", choices=AUGMENT_MODES, default=DEFAULT_AUGMENT,
+                        help=f"training augmentation (default {DEFAULT_AUGMENT}; never flip orientation-labelled data)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     args = parser.parse_args(argv)
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
         check_backbone_name(args.model)
         model, summary = pretrain(args.model, dataset=args.dataset, image_size=args.image_size, epochs=args.epochs,
-                                  lr=args.lr, threads=args.threads)
+                                  lr=args.lr, augment=args.augment, threads=args.threads)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

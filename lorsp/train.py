@@ -145,6 +145,10 @@ def train_loop(
 ) -> dict[str, float]:
     """Train `study` (already resolved: no searched knob left open) and return the final metrics.
 
+    Seeds: `data.seed` fixes the train / validation / test splits; `train.seed` fixes the prompt and
+    head initialisation, the training data order and the augmentation draws. Validation accuracy is
+    measured on `splits.val` and test accuracy on `splits.test`, both un-augmented.
+
     `resume_from` is a checkpoint folder written by an earlier epoch (the one handed to `report`):
     training continues after its epoch with the same optimizer and schedule state.
     """
@@ -168,13 +172,16 @@ def train_loop(
             broadcast_buffers=False,  # frozen backbone: nothing to keep in sync
         )
     size, bs = study.data.image_size, study.data.batch_size
+    # train.seed owns data order and augmentation (as it owns init, above); data.seed only fixed the
+    # splits. So re-training a config with fresh train seeds varies all three on the same images.
     train_batches = BatchIterator(splits.train, batch_size=bs, image_size=size, device=ctx.device, shuffle=True,
-                                  augment=study.data.augment, seed=study.data.seed, rank=ctx.rank,
+                                  augment=study.data.augment, seed=t.seed, rank=ctx.rank,
                                   world_size=ctx.world_size, drop_last=len(splits.train) > bs * ctx.world_size)
+    # Evaluation sees the stored images, never augmented, whatever data.augment says.
     val_batches = BatchIterator(_shard(splits.val, ctx.rank, ctx.world_size), batch_size=2 * bs, image_size=size,
-                                device=ctx.device)
+                                device=ctx.device, augment="none")
     test_batches = BatchIterator(_shard(splits.test, ctx.rank, ctx.world_size), batch_size=2 * bs, image_size=size,
-                                 device=ctx.device)
+                                 device=ctx.device, augment="none")
     optimizer = _optimizer(model, study)
     steps_per_epoch = max(1, len(train_batches))
     scheduler = _cosine(optimizer, t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch)

@@ -53,6 +53,9 @@ def test_vit_study_parses():
         ({"objectives": [{"metric": "val_acc"}, {"metric": "val_acc"}]}, "each metric once"),
         ({"resources.launcher": "fork"}, "resources.launcher"),
         ({"resources.launcher": "inline", "resources.workers_per_trial": 2}, "launcher: ray_train"),
+        ({"data.augment": True}, "data.augment: a boolean is no longer accepted"),
+        ({"data.augment": False}, "data.augment: a boolean is no longer accepted"),
+        ({"data.augment": "cropflip"}, "did you mean 'crop_flip'"),
     ],
 )
 def test_bad_config_is_one_line(write_study, overrides, expected):
@@ -98,3 +101,13 @@ def test_test_metric_refusal_names_the_fix(write_study):
     with pytest.raises(ConfigError) as err:
         load_study(write_study({"objectives": [{"metric": "test_acc", "mode": "max"}]}))
     assert str(err.value).endswith("use val_acc")
+
+
+def test_augment_is_a_mode_defaulting_to_none(write_study):
+    assert load_study(QUICKSTART).data.augment == "none"
+    assert load_study(QUICKSTART, ["data.augment=crop"]).data.augment == "crop"
+    # an old study file's boolean: refused, with the choices and the reason (flips change classes)
+    with pytest.raises(ConfigError) as err:
+        load_study(write_study({"data.augment": True}))
+    message = str(err.value)
+    assert "none, crop, flip, crop_flip" in message and "digits" in message and "\n" not in message

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lorsp.data import (
+    AUGMENT_MODES,
     BatchIterator,
     DataError,
     ImageSplit,
@@ -277,7 +278,7 @@ def _numbered_split(n: int, size: int = 4) -> ImageSplit:
 
 
 def test_batches_shapes_dtypes_range(digits: Splits) -> None:
-    it = BatchIterator(digits.train, batch_size=64, image_size=24, augment=True, shuffle=True)
+    it = BatchIterator(digits.train, batch_size=64, image_size=24, augment="crop_flip", shuffle=True)
     batches = list(it)
     assert len(batches) == len(it) == -(-len(digits.train) // 64)
     x, y = batches[0]
@@ -318,7 +319,7 @@ def test_two_ranks_disjoint_equal_shards() -> None:
 def test_set_epoch_reshuffles_deterministically() -> None:
     split = _numbered_split(50)
 
-    def order(epoch: int, augment: bool = False) -> list[list[float]]:
+    def order(epoch: int, augment: str = "none") -> list[list[float]]:
         it = BatchIterator(split, batch_size=50, image_size=4, shuffle=True, augment=augment, seed=1)
         it.set_epoch(epoch)
         return next(iter(it))[0].flatten(1).tolist()
@@ -326,21 +327,73 @@ def test_set_epoch_reshuffles_deterministically() -> None:
     assert order(0) == order(0)
     assert order(0) != order(1)
     assert order(1) == order(1)
-    assert order(2, augment=True) == order(2, augment=True)
+    assert order(2, augment="crop_flip") == order(2, augment="crop_flip")
 
 
-def test_augment_crop_and_flip() -> None:
-    # a single bright column: flips move it to the mirrored column, crops shift it by <= pad
-    images = torch.zeros(64, 3, 16, 16, dtype=torch.uint8)
-    images[:, :, :, 3] = 255
+def _which_views(x: torch.Tensor, stored: torch.Tensor, pad: int) -> list[set[tuple[int, int, bool]]]:
+    """For each output image, every (row shift, column shift, mirrored) view of its stored image it equals.
+
+    A view is a window of the zero-padded image, optionally mirrored left-right: what a random
+    crop with zero padding and/or a horizontal flip may produce, and nothing else.
+    """
+    n, _, h, w = stored.shape
+    padded = torch.nn.functional.pad(stored, (pad, pad, pad, pad))
+    out = []
+    for i in range(n):
+        views = set()
+        for dy in range(2 * pad + 1):
+            for dx in range(2 * pad + 1):
+                window = padded[i, :, dy : dy + h, dx : dx + w]
+                for mirrored in (False, True):
+                    if torch.equal(x[i], window.flip(-1) if mirrored else window):
+                        views.add((dy - pad, dx - pad, mirrored))
+        out.append(views)
+    return out
+
+
+@pytest.mark.parametrize("mode", AUGMENT_MODES)
+def test_each_augment_mode_does_exactly_its_transform(mode: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(1, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=gen)  # no zeros: pads show
     split = ImageSplit(images, torch.zeros(64, dtype=torch.int64))
-    x, _ = next(iter(BatchIterator(split, batch_size=64, image_size=16, augment=True, seed=0)))
-    cols = x[:, 0].amax(1).argmax(1)  # bright column per image (or 0 when cropped away)
+    x, _ = next(iter(BatchIterator(split, batch_size=64, image_size=16, augment=mode, seed=0)))
     assert x.shape == (64, 3, 16, 16)
-    flipped = (cols >= 8).sum().item()
-    assert 10 < flipped < 54  # roughly half flipped
-    assert len(set(cols.tolist())) > 2  # crops vary
-    assert all(abs(c - 3) <= 2 or abs(c - 12) <= 2 for c in cols.tolist())  # pad = 16/8 = 2
+    views = _which_views((x * 255).round().to(torch.uint8), images, pad=2)  # pad = 16 / 8
+    assert all(views), "an output is not a shifted and/or mirrored copy of its image"
+    shifted = sum(any(dy or dx for dy, dx, _ in v) and not any(dy == dx == 0 for dy, dx, _ in v) for v in views)
+    mirrored = sum(all(m for _, _, m in v) for v in views)
+    crop, flip = mode in ("crop", "crop_flip"), mode in ("flip", "crop_flip")
+    if crop:
+        assert shifted > 40  # 24 of 25 offsets move the image
+        assert len({(dy, dx) for v in views for dy, dx, _ in v}) > 10  # offsets vary
+    else:
+        assert shifted == 0 and all(any(dy == dx == 0 for dy, dx, _ in v) for v in views)
+    if flip:
+        assert 10 < mirrored < 54  # about half
+    else:
+        assert mirrored == 0
+    if mode == "none":
+        assert torch.equal(x, images.float() / 255)
+
+
+def test_augment_draws_follow_the_seed_and_a_boolean_is_refused() -> None:
+    split = _numbered_split(40, size=16)
+
+    def batch(seed: int) -> torch.Tensor:
+        return next(iter(BatchIterator(split, batch_size=40, image_size=16, augment="crop_flip", seed=seed)))[0]
+
+    assert torch.equal(batch(3), batch(3)) and not torch.equal(batch(3), batch(4))
+    for bad in (True, False, "crop+flip"):
+        with pytest.raises(ValueError, match="none, crop, flip, crop_flip"):
+            BatchIterator(split, batch_size=8, image_size=16, augment=bad)
+
+
+def test_augment_modes_are_the_configs() -> None:
+    from lorsp.config import AUGMENT_MODES as CONFIG_MODES
+    from lorsp.config import DataConfig
+
+    assert CONFIG_MODES == AUGMENT_MODES == ("none", "crop", "flip", "crop_flip")
+    assert DataConfig().augment == "none"
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,3 +85,33 @@ def test_offline_pretrained_says_what_to_do(monkeypatch, tmp_path: Path):
     with pytest.raises(ConfigError) as err:
         create_backbone(BackboneConfig(model="resnet18.a1_in1k", pretrained=True), 32)
     assert "backbone.checkpoint" in str(err.value) and "pretrained: false" in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["lorvp", "lorsp"])
+def test_prompt_is_added_in_pixel_space_before_the_backbone_normalisation(method):
+    """DESIGN.md §1: features = backbone((prompter(x) - mean) / std), with the backbone's own mean/std.
+
+    resnet18's ImageNet statistics differ per channel and std != 1, so a prompt added after the
+    normalisation ((x - mean) / std + prompt) gives different features, and so does skipping it.
+    """
+    import timm
+
+    torch.manual_seed(0)
+    net = build_model(_study("resnet18", method), num_classes=5).eval()
+    with torch.no_grad():
+        net.prompter.B.normal_(0, 1.0)
+        if method == "lorsp":
+            net.prompter.beta.fill_(1.0)
+    cfg = timm.data.resolve_data_config({}, model=net.backbone)
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    assert not torch.allclose(std, torch.ones(1)) and len(set(cfg["mean"])) == 3
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        prompt = net.prompter.prompt(x)
+        assert torch.count_nonzero(prompt) > prompt.numel() // 10  # a prompt the features can show
+        got = net.features(x)
+        assert torch.allclose(got, net.backbone((x + prompt - mean) / std), atol=1e-5)
+        assert not torch.allclose(got, net.backbone((x - mean) / std + prompt), atol=1e-3)
+        assert not torch.allclose(got, net.backbone((x - mean) / std), atol=1e-3)
+        assert torch.allclose(net(x), net.head(got), atol=1e-6)

@@ -145,6 +145,104 @@ def test_zero_prompt_at_init_and_gradient_reaches_factors(method: str) -> None:
     assert torch.count_nonzero(prompter.A.grad) > 0
 
 
+@pytest.mark.parametrize("threshold", [0.05, 0.3, 1.7])
+def test_lorsp_init_is_the_designed_one(threshold: float) -> None:
+    """DESIGN.md §1: B = 0, A ~ N(0, 0.01²), β = 0, a = V_th; so the prompt is exactly 0 for any image.
+
+    Several thresholds, none of them 1.0, so an amplitude initialised to 1 (or to a constant) is
+    caught; the smallest threshold makes a non-zero β fire on the extreme images below.
+    """
+    torch.manual_seed(9)
+    K, r, big = 3, 8, 64
+    prompter = create_prompter("lorsp", big, rank=r, factors=K, threshold=threshold, timesteps=4)
+    assert torch.equal(prompter.B, torch.zeros(K, 3, big, r))
+    assert torch.equal(prompter.beta, torch.zeros(K, 3))
+    assert torch.equal(prompter.amplitude, torch.full((K, 3), threshold))
+    assert prompter.A.shape == (K, 3, r, big)
+    A = prompter.A.detach()
+    assert abs(float(A.mean())) < 1e-3 and float(A.std()) == pytest.approx(0.01, rel=0.05)
+    # black, white and random images: with β = 0 nothing reaches any threshold
+    x = torch.cat([torch.zeros(1, 3, big, big), torch.ones(1, 3, big, big), _images(2, size=big)])
+    assert torch.count_nonzero(prompter.prompt(x)) == 0
+    assert float(prompter.stats()["firing_rate"]) == 0.0
+
+
+def test_lorvp_init_is_the_designed_one() -> None:
+    """DESIGN.md §1: B = 0, A ~ N(0, 0.01²); the prompt is the per-channel product B·A on every pixel."""
+    torch.manual_seed(10)
+    r, big = 8, 64
+    prompter = create_prompter("lorvp", big, rank=r)
+    assert torch.equal(prompter.B, torch.zeros(3, big, r))
+    A = prompter.A.detach()
+    assert abs(float(A.mean())) < 1e-3 and float(A.std()) == pytest.approx(0.01, rel=0.05)
+    with torch.no_grad():
+        prompter.B.normal_(0, 1.0)
+    x = _images(2, size=big)
+    expected = torch.einsum("cir,crj->cij", prompter.B.detach(), prompter.A.detach())  # channel c: B_c A_c
+    assert torch.allclose(prompter.prompt(x)[0], expected, atol=1e-6)
+    assert torch.allclose(prompter(x), x + expected, atol=1e-6)  # added to the whole image, every image
+    assert float(prompter.stats()["density"]) == 1.0
+
+
+def test_pad_prompt_is_a_frame_of_width_p() -> None:
+    """Bahng et al.: the border of width p is learnt, the (L-2p)² inside is never touched."""
+    p = 3
+    prompter = create_prompter("pad", L, pad_width=p)
+    with torch.no_grad():
+        for q in prompter.parameters():
+            q.normal_(0, 1.0)
+    prompt = prompter.prompt(_images())[0]
+    inside = torch.zeros(3, L, L, dtype=torch.bool)
+    inside[:, p : L - p, p : L - p] = True
+    assert torch.count_nonzero(prompt[inside]) == 0
+    assert torch.count_nonzero(prompt[~inside]) == (~inside).sum()  # every border pixel is a parameter
+    assert float(prompter.stats()["density"]) == pytest.approx(1 - (L - 2 * p) ** 2 / L**2)
+
+
+def _lif_spike_counts(current: torch.Tensor, T: int, thr: float, tau: float) -> torch.Tensor:
+    """A plain LIF, written from DESIGN.md §1: charge ``h = v + (I - v)/tau``, fire at ``h >= V_th``,
+    hard reset to 0; returns the spike count of every neuron over T steps."""
+    v = torch.zeros_like(current)
+    count = torch.zeros_like(current)
+    for _ in range(T):
+        h = v + (current - v) / tau
+        fired = h >= thr
+        count += fired
+        v = torch.where(fired, torch.zeros_like(h), h)
+    return count
+
+
+def test_lorsp_prompt_follows_the_formulation() -> None:
+    """The whole of DESIGN.md §1, rebuilt by hand: I_k = B_k·A_k + β_k ⊙ (x − 0.5), a +I_k and a −I_k
+    LIF population for T steps, ρ_k = (S⁺ − S⁻)/T, prompt = Σ_k a_k ⊙ ρ_k; firing rate = spikes per
+    neuron (both populations) per step; density = fraction of non-zero prompt entries."""
+    torch.manual_seed(11)
+    K, r, T, thr, decay = 3, 2, 5, 0.3, 0.4
+    prompter = create_prompter("lorsp", L, rank=r, factors=K, timesteps=T, threshold=thr, decay=decay)
+    with torch.no_grad():
+        prompter.B.normal_(0, 1.0)
+        prompter.A.normal_(0, 0.5)
+        prompter.beta.copy_(torch.tensor([[1.5, -0.5, 0.0], [0.0, 2.0, -1.0], [0.7, 0.0, 3.0]]))
+        prompter.amplitude.copy_(torch.tensor([[0.2, -0.4, 0.9], [1.1, 0.3, -0.6], [0.5, 0.8, 0.25]]))
+    x = _images(3)
+    with torch.no_grad():
+        got = prompter.prompt(x)
+    B, A, beta, amp = (q.detach() for q in (prompter.B, prompter.A, prompter.beta, prompter.amplitude))
+    expected = torch.zeros_like(x)
+    spikes = 0.0
+    for k in range(K):
+        current = torch.einsum("cir,crj->cij", B[k], A[k])[None] + beta[k][None, :, None, None] * (x - 0.5)
+        up, down = _lif_spike_counts(current, T, thr, 1 / decay), _lif_spike_counts(-current, T, thr, 1 / decay)
+        expected += amp[k][None, :, None, None] * (up - down) / T
+        spikes += float(up.sum() + down.sum())
+    assert 0 < torch.count_nonzero(expected) < expected.numel()  # a sparse prompt: the test can see both
+    # einsum and matmul may round a current differently: a neuron at an exact tie may flip, no more
+    assert (~torch.isclose(got, expected, atol=1e-6)).float().mean() < 1e-3
+    rate = float(prompter.stats()["firing_rate"])
+    assert rate == pytest.approx(spikes / (2 * K * x.numel() * T), rel=1e-3)
+    assert float(prompter.stats()["density"]) == pytest.approx(float((got != 0).float().mean()))
+
+
 def test_lorsp_trained_prompt_is_sparse() -> None:
     torch.manual_seed(0)
     prompter = create_prompter("lorsp", L, rank=2, threshold=0.3, timesteps=4)

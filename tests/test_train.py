@@ -11,11 +11,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorsp.config import load_study
-from lorsp.train import train_loop
+from lorsp.config import StudyConfig, load_study
+from lorsp.data import ImageSplit, Splits, load_splits
+from lorsp.model import PromptedClassifier, build_model
+from lorsp.train import PROMPT_FILE, train_loop
 from tests.conftest import QUICKSTART, REPO
 
 FAST = ["train.epochs=2", "data.max_train=160", "data.batch_size=32"]
+# Digits at their stored 8 px (no resize, so a batch is exactly stored_uint8 / 255) on a random-init
+# ViT-Micro; 96 training images = 3 full batches of 32, so an epoch shows every training image once.
+TINY = ["train.epochs=1", "data.max_train=96", "data.batch_size=32", "data.image_size=8",
+        "backbone.model=vit_micro_patch4_16", "backbone.pretrained=false"]
 
 
 def test_cli_writes_metrics_prompt_and_config(tmp_path: Path):
@@ -79,3 +85,96 @@ def test_trained_lorsp_prompt_is_sparse():
     assert 0.0 < metrics["prompt_density"] < 1.0
     assert 0.0 < metrics["firing_rate"] < 1.0
     torch.testing.assert_close(metrics["prompt_params"], float(study.prompt.factors * (6 * 16 * study.prompt.rank + 6)))
+
+
+def _tiny_splits(study: StudyConfig) -> Splits:
+    d = study.data
+    return load_splits(d.dataset, image_size=d.image_size, val_fraction=d.val_fraction,
+                       test_fraction=d.test_fraction, seed=d.seed, max_train=d.max_train)
+
+
+def _pixels(split: ImageSplit) -> torch.Tensor:
+    """What the model must see for un-augmented images stored at the model's size."""
+    return split.images.float() / 255.0
+
+
+def _train_watching(study: StudyConfig, **kwargs) -> dict:
+    """Run the real train_loop and record every batch the model is called on, by mode.
+
+    A global forward pre-hook sees the PromptedClassifier that train_loop builds inside itself;
+    it also keeps the head's weights at the first call, i.e. the initialisation.
+    """
+    seen: dict = {"train": [], "eval": [], "init_head": None}
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, PromptedClassifier):
+            if seen["init_head"] is None:
+                seen["init_head"] = module.head.weight.detach().clone()
+            seen["train" if module.training else "eval"].append(args[0].detach().clone())
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        seen["metrics"] = train_loop(study, verbose=False, **kwargs)
+    finally:
+        handle.remove()
+    seen["train"] = torch.cat(seen["train"])
+    seen["eval"] = torch.cat(seen["eval"])
+    return seen
+
+
+def _rows(x: torch.Tensor) -> list[bytes]:
+    return [img.numpy().tobytes() for img in x]
+
+
+def test_validation_and_test_batches_are_never_augmented():
+    study = load_study(QUICKSTART, [*TINY, "data.augment=crop_flip"]).resolved()
+    splits = _tiny_splits(study)
+    seen = _train_watching(study, splits=splits)
+    # one epoch: validation, then (last epoch) test, each exactly as stored and in stored order
+    assert torch.equal(seen["eval"], torch.cat([_pixels(splits.val), _pixels(splits.test)]))
+    # the hook does watch augmented batches: most training images are shifted or mirrored copies
+    stored = set(_rows(_pixels(splits.train)))
+    trained = _rows(seen["train"])
+    assert len(trained) == len(splits.train) == 96
+    assert sum(row not in stored for row in trained) > len(trained) // 2
+
+
+def test_val_acc_is_measured_on_the_validation_split_and_test_acc_on_the_test_split(tmp_path: Path):
+    """Test labels are all wrong (shifted by one class), validation labels right: the two accuracies
+    must each equal an independent evaluation of the trained model on its own split."""
+    study = load_study(QUICKSTART, [*TINY, "train.epochs=3", "data.max_train=480"]).resolved()
+    splits = _tiny_splits(study)
+    wrong = ImageSplit(splits.test.images, (splits.test.labels + 1) % splits.num_classes)
+    splits = Splits(splits.train, splits.val, wrong, splits.num_classes, splits.class_names, splits.source)
+    metrics = train_loop(study, splits=splits, out_dir=tmp_path, verbose=False)
+    torch.manual_seed(study.train.seed)  # the same random backbone train_loop built (it is not saved)
+    net = build_model(study, splits.num_classes)
+    net.load_trainable_state_dict(load_file(str(tmp_path / PROMPT_FILE)))
+    net.eval()
+    with torch.no_grad():
+        val_acc = (net(_pixels(splits.val)).argmax(1) == splits.val.labels).double().mean().item()
+        test_acc = (net(_pixels(splits.test)).argmax(1) == splits.test.labels).double().mean().item()
+    assert val_acc > test_acc + 0.1  # the splits are told apart by accuracy
+    assert metrics["val_acc"] == pytest.approx(val_acc, abs=1e-9)
+    assert metrics["test_acc"] == pytest.approx(test_acc, abs=1e-9)
+
+
+def test_train_seed_owns_order_and_init_data_seed_owns_the_splits():
+    base = load_study(QUICKSTART, TINY).resolved()
+    assert base.data.augment == "none"
+    runs = {
+        (data_seed, train_seed): _train_watching(
+            load_study(QUICKSTART, [*TINY, f"data.seed={data_seed}", f"train.seed={train_seed}"]).resolved()
+        )
+        for data_seed, train_seed in ((0, 0), (0, 1), (1, 0))
+    }
+    a, b, c = runs[0, 0], runs[0, 1], runs[1, 0]
+    # a new train.seed: same validation and test images, same training images in another order, new init
+    assert torch.equal(a["eval"], b["eval"])
+    assert sorted(_rows(a["train"])) == sorted(_rows(b["train"]))
+    assert not torch.equal(a["train"], b["train"])
+    assert not torch.equal(a["init_head"], b["init_head"])
+    # a new data.seed: other splits, and nothing else (the same train.seed gives the same init)
+    assert not torch.equal(a["eval"], c["eval"])
+    assert sorted(_rows(a["train"])) != sorted(_rows(c["train"]))
+    assert torch.equal(a["init_head"], c["init_head"])
