@@ -121,6 +121,7 @@ def test_cli_refuses_empty_study_file(tmp_path: Path, capsys, module: str):
     assert main([flag, str(path), "--set", f"tracking.root={tmp_path / 'runs'}"]) == 2
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert lines == [f"error: {path}: the study file is empty; it needs at least backbone.model and data.dataset "
-                     "(and usually name, prompt, train, space); start from a copy of search_spaces/quickstart.yaml"]
+    expected = (f"error: {path}: the study file is empty; it needs at least backbone.model and data.dataset "
+                "(and usually name, prompt, train, space); start from a copy of search_spaces/quickstart.yaml")
+    assert lines == [expected]
     assert not (tmp_path / "runs").exists()  # refused before any store or output folder was made
