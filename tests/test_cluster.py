@@ -24,7 +24,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -62,7 +63,7 @@ def test_launcher_config_passes_ray_validation():
     (gpu,) = [t for name, t in types.items() if name != full["head_node_type"]]
     assert gpu["resources"]["GPU"] >= 1 and gpu["min_workers"] == 0 < gpu["max_workers"]
     setup = "\n".join(full["setup_commands"])
-    assert "pip install" in setup and "-e ~/lorsp" in setup and "psycopg2" in setup
+    assert "pip install" in setup and "-e ~/lorsp" in setup  # lorsp's dependencies bring the PostgreSQL driver
     assert "/mnt/lorsp" in setup, "checkpoints need storage shared by all nodes"
     assert full["file_mounts"]["~/lorsp"] == "." and "~/.ray/auth_token" in full["file_mounts"]
     for command in (full["head_start_ray_commands"][-1], full["worker_start_ray_commands"][-1]):
@@ -131,7 +132,7 @@ def test_kuberay_manifests_parse_and_agree():
     tracking = argv[argv.index("--tracking-uri") + 1]
     storage = argv[argv.index("--storage") + 1]
     assert tracking.startswith("http://") and tracking.split("//")[1].split(":")[0] in service_names
-    assert storage.startswith("postgresql+psycopg2://") and storage.split("@")[1].split(":")[0] in service_names
+    assert storage.startswith("postgresql://") and storage.split("@")[1].split(":")[0] in service_names
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     study = load_study(REPO / "search_spaces" / "vit.yaml", sets)
     assert study.tracking.root.startswith("/mnt/lorsp")  # the shared volume
@@ -144,7 +145,7 @@ def test_services_compose_file():
     services = compose["services"]
     assert {"postgres", "minio", "mlflow"} <= set(services)
     command = services["mlflow"]["command"]
-    assert "--backend-store-uri postgresql+psycopg2://" in command and "--artifacts-destination s3://" in command
+    assert "--backend-store-uri postgresql://" in command and "--artifacts-destination s3://" in command
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     init = [v for v in services["postgres"]["volumes"] if "init-optuna.sql" in v]
     assert init and "CREATE DATABASE optuna" in (CLUSTER / "services" / "init-optuna.sql").read_text()
@@ -192,6 +193,75 @@ def _state_folder(prefix: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     folder.chmod(0o755)
     return folder / "state"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[dict[str, Any]]:
+    """A private PostgreSQL with the databases `mlflow` and `optuna`, started by lorsp.cluster's own
+    helpers but without Ray or an MLflow server: seconds instead of a cluster's minute."""
+    _need_postgres()
+    folder = _state_folder("lorsp-pg-")
+    state = {"postgres": {"bindir": str(cluster.pg_bindir()), "root": str(folder / "postgres"),
+                          "port": cluster.free_port(), "password": secrets.token_hex(12)}}
+    env = dict(os.environ)
+    try:
+        cluster._pg_init(state, env)
+        cluster._pg_start(state, env)
+        yield state
+    finally:
+        cluster._pg_stop(state)
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def _sql(state: dict[str, Any], db: str, query: str) -> list[tuple[Any, ...]]:
+    """Rows read with SQL from PostgreSQL itself, not through the API under test."""
+    import psycopg
+
+    pg = state["postgres"]
+    with psycopg.connect(host="127.0.0.1", port=pg["port"], user=cluster.PG_USER, password=pg["password"],
+                         dbname=db) as conn, conn.cursor() as cursor:
+        cursor.execute(query)
+        return cursor.fetchall()
+
+
+def test_plain_postgresql_uri_opens_the_optuna_storage_and_the_mlflow_store(postgres, tmp_path, monkeypatch):
+    """`--storage postgresql://...` and `--tracking-uri postgresql://...` as users type them.
+
+    SQLAlchemy maps the plain form to its default PostgreSQL driver; lorsp must install that one.
+    psycopg2 is made unimportable here, as on a fresh install of lorsp that no longer carries it,
+    so a dependency that disagrees with SQLAlchemy's default fails this test.
+    """
+    import optuna
+    from mlflow import MlflowClient
+
+    from lorsp.config import StudyConfig
+    from lorsp.search import rdb_storage
+    from lorsp.tracking import connect
+
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # `import psycopg2` now raises ImportError
+    pg = postgres["postgres"]
+
+    def uri(db: str) -> str:
+        return f"postgresql://{cluster.PG_USER}:{pg['password']}@127.0.0.1:{pg['port']}/{db}"
+
+    assert cluster.pg_uri(postgres, "optuna") == uri("optuna")  # what `up` prints is the plain form
+
+    storage = rdb_storage(uri("optuna"))
+    assert storage.engine.dialect.driver == "psycopg"
+    study = optuna.create_study(study_name="plain-uri", storage=storage, directions=["maximize"])
+    study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=3)
+    reread = optuna.load_study(study_name="plain-uri", storage=rdb_storage(uri("optuna")))
+    assert [t.state.name for t in reread.trials] == ["COMPLETE"] * 3
+    assert _sql(postgres, "optuna", "SELECT count(*) FROM trials") == [(3,)]
+
+    config = StudyConfig.model_validate({"name": "plain-uri", "tracking": {"root": str(tmp_path / "runs")}})
+    store = connect(config, uri("mlflow"))
+    client = MlflowClient(tracking_uri=uri("mlflow"))
+    run = client.create_run(store.experiment_id)
+    client.log_metric(run.info.run_id, "val_acc", 0.75, step=1)
+    client.set_terminated(run.info.run_id)
+    assert _sql(postgres, "mlflow", "SELECT name FROM experiments WHERE name = 'plain-uri'") == [("plain-uri",)]
+    assert _sql(postgres, "mlflow", "SELECT key, value FROM metrics") == [("val_acc", 0.75)]
 
 
 def _ray_env() -> dict[str, str]:
@@ -389,12 +459,12 @@ def _mlflow_runs(uri: str, name: str) -> dict[str, Any]:
 
 def _postgres_counts(state: dict[str, Any]) -> dict[str, int]:
     """Row counts read with SQL from the PostgreSQL databases themselves (not through the APIs)."""
-    import psycopg2
+    import psycopg
 
     pg = state["postgres"]
     counts = {}
     for db, query in (("mlflow", "SELECT count(*) FROM runs"), ("optuna", "SELECT count(*) FROM trials")):
-        with psycopg2.connect(host="127.0.0.1", port=pg["port"], user=cluster.PG_USER, password=pg["password"],
+        with psycopg.connect(host="127.0.0.1", port=pg["port"], user=cluster.PG_USER, password=pg["password"],
                               dbname=db) as conn, conn.cursor() as cursor:
             cursor.execute(query)
             counts[db] = cursor.fetchone()[0]
@@ -410,7 +480,7 @@ def test_study_runs_on_both_worker_nodes_and_records_in_postgres(study_on_cluste
     assert {nodes["w1"]["node_id"], nodes["w2"]["node_id"]} <= set(first_node.values()), first_node
     assert nodes["head"]["node_id"] not in first_node.values(), "the head (0 CPUs) must not train"
     # Optuna storage and MLflow backend are the PostgreSQL databases.
-    assert out["state"]["storage_uri"].startswith("postgresql+psycopg2://")
+    assert out["state"]["storage_uri"].startswith("postgresql://")
     assert out["postgres"]["optuna"] == len(out["trials"]) > 0
     assert out["postgres"]["mlflow"] >= 1
     mlflow = out["mlflow"]
