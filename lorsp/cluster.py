@@ -318,7 +318,7 @@ def _pg_ready(state: dict[str, Any]) -> bool:
 
 def pg_uri(state: dict[str, Any], db: str) -> str:
     pg = state["postgres"]
-    return f"postgresql+psycopg2://{PG_USER}:{pg['password']}@127.0.0.1:{pg['port']}/{db}"
+    return f"postgresql://{PG_USER}:{pg['password']}@127.0.0.1:{pg['port']}/{db}"
 
 
 # ---------------------------------------------------------------------------------------- MLflow

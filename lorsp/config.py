@@ -410,6 +410,29 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+# What a study file must name itself. The other sections have defaults that suit any study, but
+# these two do not: a file without them would train an untrained `vit_tiny_patch16_224` on digits
+# for minutes, which is never what its author meant. Only the *file* loader asks for them;
+# `StudyConfig.model_validate` keeps its defaults for code and tests that build partial studies.
+REQUIRED_KEYS = (("backbone", "model"), ("data", "dataset"))
+_REQUIRED_TEXT = " and ".join(f"{section}.{key}" for section, key in REQUIRED_KEYS)
+
+
+def _check_required(path: str | os.PathLike[str], raw: dict[str, Any]) -> None:
+    """Refuse a study file (after `--set`) that leaves the backbone or the data set to defaults."""
+    missing = [
+        f"{section}.{key}" for section, key in REQUIRED_KEYS
+        if raw.get(section) is None
+        or (isinstance(raw[section], dict) and raw[section].get(key) in (None, ""))
+    ]  # a section of the wrong type is left to pydantic, whose message names the type
+    if missing:
+        raise ConfigError(
+            f"{path}: {' and '.join(missing)} missing; a study file names its backbone and data set, "
+            f"e.g. backbone: {{model: vit_base_patch16_224.augreg_in21k}} and data: {{dataset: cifar100}} "
+            "(see search_spaces/quickstart.yaml) or pass --set KEY=VALUE"
+        )
+
+
 def load_study(path: str | os.PathLike[str], overrides: list[str] | None = None) -> StudyConfig:
     """Read, override and validate a study file, raising :class:`ConfigError` with one line."""
     file = Path(path)
@@ -422,11 +445,15 @@ def load_study(path: str | os.PathLike[str], overrides: list[str] | None = None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}:{where}: malformed YAML ({problem}); fix the syntax") from None
-    if raw is None:
-        raw = {}
+    if raw is None:  # an empty or comment-only file: every setting would silently be a default
+        raise ConfigError(
+            f"{path}: the study file is empty; it needs at least {_REQUIRED_TEXT} "
+            "(and usually name, prompt, train, space); start from a copy of search_spaces/quickstart.yaml"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the study file must be a mapping of sections (name, backbone, data, ...)")
     raw = apply_overrides(raw, overrides or [])
+    _check_required(path, raw)
     if raw.get("space") is None:
         raw.pop("space", None)
     study = _validate(raw)

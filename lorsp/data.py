@@ -30,6 +30,7 @@ import functools
 import io
 import math
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -368,7 +369,12 @@ def _decode_pil(img: Any, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _decode_source(src: str | bytes | Path, size: int, what: str) -> np.ndarray:
+def _decode_source(src: str | bytes | Path, size: int, what: str, fix: str) -> np.ndarray:
+    """Decode one image; a failure is one DataError line `WHAT: cannot decode the image (why); FIX`.
+
+    `what` says where the image lives (its file, or a Parquet file and row), because PIL's own
+    message names only the object it was handed, e.g. `<_io.BytesIO object at 0x7f..>` for bytes.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -376,8 +382,27 @@ def _decode_source(src: str | bytes | Path, size: int, what: str) -> np.ndarray:
         with Image.open(fp) as img:
             return _decode_pil(img, size)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot read image {what} ({reason}); remove or replace it") from e
+        raise DataError(f"{what}: cannot decode the image ({_decode_reason(e, src)}); {fix}") from e
+
+
+def _decode_reason(err: BaseException, src: Any) -> str:
+    """PIL's reason without the object or path it repeats, plus the first bytes of data it cannot identify
+    (an HTML error page or a text file saved as .png shows itself there)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        head = bytes(src[:8]) if isinstance(src, (bytes, bytearray, memoryview)) else _head(src)
+        return f"not a format PIL can read; it starts with {head!r}" if head else "not a format PIL can read: no bytes"
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", text).strip() or type(err).__name__
+
+
+def _head(path: Any, n: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
 
 
 def _decode_workers() -> int:
@@ -532,7 +557,7 @@ def _scan_folder(folder: Path, classes: list[str] | None) -> tuple[list[Path], l
 
 def _decode_files(files: list[Path], labels: list[int], size: int) -> ImageSplit:
     out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
-    _decode_many(files, size, lambda f: _decode_source(f, size, str(f)), out)
+    _decode_many(files, size, lambda f: _decode_source(f, size, str(f), "fix or delete that file"), out)
     return ImageSplit(out, torch.as_tensor(labels, dtype=torch.int64))
 
 
@@ -676,6 +701,7 @@ def _load_parquet(arg: str, image_size: int, image_column: str, label_column: st
         pos = 0
         for f in fs:
             pf = pq.ParquetFile(f)
+            row = 0  # within `f`, as pyarrow and pandas number it: the row a user can go and fix
             for batch in pf.iter_batches(batch_size=512, columns=[image_column, label_column]):
                 col = batch.column(0)
                 if img_kind[f] == "struct":
@@ -692,19 +718,24 @@ def _load_parquet(arg: str, image_size: int, image_column: str, label_column: st
                 lab = batch.column(1).to_pylist()
                 for i, (blob, value) in enumerate(zip(blobs, lab)):
                     if blob is None:
-                        raise DataError(f"parquet file {f} row {pos + i}: image '{image_column}' is empty")
+                        raise DataError(
+                            f"parquet:{f} row {row + i}: image '{image_column}' is empty; fix or drop that row"
+                        )
                     if value is None:
-                        raise DataError(f"parquet file {f} row {pos + i}: label '{label_column}' is empty")
-                where = f"{f.name} rows {pos}.."
+                        raise DataError(
+                            f"parquet:{f} row {row + i}: label '{label_column}' is empty; fix or drop that row"
+                        )
                 _decode_many(
-                    blobs,
+                    list(enumerate(blobs, start=row)),
                     image_size,
-                    lambda b, w=where: _decode_source(b, image_size, f"in parquet {w}"),
+                    lambda item, f=f: _decode_source(item[1], image_size, f"parquet:{f} row {item[0]}",
+                                                     "fix or drop that row"),
                     out,
                     start=pos,
                 )
                 labs.extend(lab)
                 pos += len(lab)
+                row += len(lab)
         images[role] = out
         raw_labels[role] = labs
 

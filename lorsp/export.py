@@ -50,30 +50,84 @@ def load_exported(path: str | Path, device: str | Any = "cpu") -> Any:
     """An exported prompt as a ready `PromptedClassifier` in eval mode.
 
     `path` is a trial folder (holding lorsp.json) or an export folder with exactly one trial.
+    Every file is read and checked before the model is built, so a truncated copy or a damaged
+    download fails as one :class:`ConfigError` line that names the file and the command that
+    writes it again, not as a decoder's exception from deep inside safetensors or json.
     """
     import torch
-    from safetensors.torch import load_file
 
     from lorsp.model import build_model
 
     folder = _trial_folder(Path(path))
-    meta = json.loads((folder / META_FILE).read_text())
-    study = StudyConfig.model_validate(meta["hyperparameters"])
+    meta = _read_meta(folder)
+    try:
+        study = StudyConfig.model_validate(meta["hyperparameters"])
+        num_classes = int(meta["num_classes"])
+    except (KeyError, TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        reason = f"no '{err.args[0]}' entry" if isinstance(err, KeyError) else str(err).splitlines()[0][:160]
+        raise _damaged(folder / META_FILE, "not a complete lorsp export description", reason, meta) from None
     backbone_file = folder / BACKBONE_FILE
-    if backbone_file.is_file():
+    expects_backbone = (meta.get("files") or {}).get("backbone") == BACKBONE_FILE
+    if expects_backbone and not backbone_file.is_file():
+        # Building from the source instead would silently give other (e.g. freshly random) weights.
+        raise _damaged(backbone_file, "missing", f"{META_FILE} lists it", meta)
+    backbone_state = _read_weights(backbone_file, meta) if backbone_file.is_file() else None
+    prompt_state = _read_weights(folder / PROMPT_FILE, meta)
+    if backbone_state is not None:
         # The saved weights replace whatever the source would give; don't touch the hub or a checkpoint path.
         backbone_cfg = study.backbone.model_copy(update={"pretrained": False, "checkpoint": None})
         study = study.model_copy(update={"backbone": backbone_cfg})
-    model = build_model(study, int(meta["num_classes"]))
-    if backbone_file.is_file():
-        missing, unexpected = model.backbone.load_state_dict(load_file(str(backbone_file)), strict=False)
+    model = build_model(study, num_classes)
+    if backbone_state is not None:
+        missing, unexpected = model.backbone.load_state_dict(backbone_state, strict=False)
         if unexpected or missing:
             raise ConfigError(f"{backbone_file}: does not fit {study.backbone.model} "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.load_trainable_state_dict(load_file(str(folder / PROMPT_FILE)))
+    try:
+        model.load_trainable_state_dict(prompt_state)
+    except ValueError as err:
+        raise _damaged(folder / PROMPT_FILE, f"does not fit the model {META_FILE} describes", str(err)[:160],
+                       meta) from None
     model.eval()
     model.requires_grad_(False)
     return model.to(torch.device(device))
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    file = folder / META_FILE
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _damaged(file, "truncated or corrupt", str(err).splitlines()[0][:160], None) from None
+    if not isinstance(meta, dict):
+        raise _damaged(file, "truncated or corrupt", f"a JSON {type(meta).__name__}, not an object", None)
+    return meta
+
+
+def _read_weights(file: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise _damaged(file, "missing", "every export has one", meta)
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise _damaged(file, "truncated or corrupt", str(err).splitlines()[0][:160], meta) from None
+
+
+def _damaged(file: Path, what: str, reason: str, meta: dict[str, Any] | None) -> ConfigError:
+    """`FILE: what (reason); re-export it with <the command that wrote it>` as one line."""
+    out = file.parent.parent
+    study = str(meta.get("study") or "STUDY") if meta else "STUDY"
+    run_id = meta.get("mlflow_run_id") if meta else None
+    if run_id:
+        how = f"python -m lorsp.export --name {study} --run-id {run_id} --out {out}"
+    else:
+        trial = f"trial {meta.get('trial')}" if meta and meta.get("trial") is not None else "the trial"
+        how = (f"python -m lorsp.export --name {study} --pareto --out {out} "
+               f"(or --best METRIC / --run-id ID, whichever chose {trial})")
+    return ConfigError(f"{file}: {what} ({reason}); re-export it with {how}")
 
 
 def _trial_folder(path: Path) -> Path:

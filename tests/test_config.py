@@ -111,3 +111,45 @@ def test_augment_is_a_mode_defaulting_to_none(write_study):
         load_study(write_study({"data.augment": True}))
     message = str(err.value)
     assert "none, crop, flip, crop_flip" in message and "digits" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# a study, to be written\n# name: later\n"])
+def test_empty_study_file_is_refused(tmp_path: Path, text: str):
+    """An empty file would otherwise train an untrained default backbone on digits for minutes."""
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert "the study file is empty" in message and "backbone.model and data.dataset" in message
+    assert "search_spaces/quickstart.yaml" in message and "\n" not in message
+
+
+def test_study_file_must_name_backbone_and_data(tmp_path: Path):
+    path = tmp_path / "partial.yaml"
+    path.write_text("name: partial\nprompt: {method: lorvp}\ndata: {image_size: 16}\n")
+    with pytest.raises(ConfigError, match=r"backbone\.model and data\.dataset missing"):
+        load_study(path)
+    # The command line may supply what the file leaves out; then the file loads.
+    study = load_study(path, ["backbone.model=vit_micro_patch4_16", "data.dataset=digits"])
+    assert study.backbone.model == "vit_micro_patch4_16" and study.data.image_size == 16
+    # Code and tests that build studies directly keep every default.
+    from lorsp.config import StudyConfig
+    assert StudyConfig.model_validate({"name": "partial"}).backbone.model == "vit_tiny_patch16_224"
+
+
+@pytest.mark.parametrize("module", ["lorsp.train", "lorsp.tune"])
+def test_cli_refuses_empty_study_file(tmp_path: Path, capsys, module: str):
+    import importlib
+
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    main = importlib.import_module(module).main
+    flag = "--config" if module == "lorsp.train" else "--space"
+    assert main([flag, str(path), "--set", f"tracking.root={tmp_path / 'runs'}"]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    expected = (f"error: {path}: the study file is empty; it needs at least backbone.model and data.dataset "
+                "(and usually name, prompt, train, space); start from a copy of search_spaces/quickstart.yaml")
+    assert lines == [expected]
+    assert not (tmp_path / "runs").exists()  # refused before any store or output folder was made

@@ -227,11 +227,59 @@ def test_empty_folder_and_single_class(tmp_path: Path) -> None:
 
 
 def test_unreadable_image(tmp_path: Path) -> None:
-    _write_folder(tmp_path / "bad", per_class=3, classes=("cat", "dog"))
-    (tmp_path / "bad" / "dog" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="cannot read image") as e:
+    _write_folder(tmp_path / "bad", per_class=12, classes=("cat", "dog"))  # > 8 files: the thread pool decodes
+    broken = tmp_path / "bad" / "dog" / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(DataError) as e:
         load_splits(f"imagefolder:{tmp_path / 'bad'}", image_size=8)
-    assert "broken.png" in str(e.value)
+    assert str(e.value) == (f"{broken}: cannot decode the image (not a format PIL can read; it starts with "
+                            "b'not a pn'); fix or delete that file")
+    # A truncated file among good ones: PIL's own reason, the file, no object repr.
+    broken.unlink()
+    cut = tmp_path / "bad" / "cat" / "5.png"
+    cut.write_bytes(cut.read_bytes()[:50])  # signature, header and part of the pixel data
+    with pytest.raises(DataError) as e:
+        load_splits(f"imagefolder:{tmp_path / 'bad'}", image_size=8)
+    message = str(e.value)
+    assert message == f"{cut}: cannot decode the image (image file is truncated); fix or delete that file"
+    assert " at 0x" not in message and "\n" not in message
+
+
+def test_undecodable_parquet_image_names_file_and_row(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = [_png_bytes(c) for c in _COLOURS.values()]
+    d = tmp_path / "pq"
+    d.mkdir()
+
+    def write(name: str, blobs: list[bytes]) -> Path:
+        labels = [i % 3 for i in range(len(blobs))]
+        pq.write_table(pa.table({"image": pa.array(blobs, pa.binary()), "label": pa.array(labels, pa.int64())}),
+                       d / name)
+        return d / name
+
+    write("train-00000.parquet", [good[i % 3] for i in range(20)])
+    # Row 530 of the second file: past the loader's first 512-row batch and the first file's 20 rows.
+    blobs = [good[i % 3] for i in range(600)]
+    blobs[530] = b"<html>502</html>"
+    second = write("train-00001.parquet", blobs)
+    with pytest.raises(DataError) as e:
+        load_splits(f"parquet:{d}", image_size=8)
+    assert str(e.value) == (f"parquet:{second} row 530: cannot decode the image (not a format PIL can read; "
+                            "it starts with b'<html>50'); fix or drop that row")
+    # A truncated PNG: PIL's reason, without the `<_io.BytesIO object at 0x...>` it would name.
+    blobs[530] = good[0][:50]
+    write("train-00001.parquet", blobs)
+    with pytest.raises(DataError) as e:
+        load_splits(f"parquet:{d}", image_size=8)
+    message = str(e.value)
+    assert message == f"parquet:{second} row 530: cannot decode the image (image file is truncated); fix or drop that row"
+    # An empty cell is reported at its row in its own file, too.
+    blobs[530] = None
+    write("train-00001.parquet", blobs)
+    with pytest.raises(DataError, match=rf"^parquet:{second} row 530: image 'image' is empty; fix or drop that row$"):
+        load_splits(f"parquet:{d}", image_size=8)
 
 
 def test_parquet_wrong_columns(tmp_path: Path) -> None:
