@@ -75,19 +75,16 @@ def used_knobs(study: StudyConfig, method: str) -> list[str]:
 
 
 def check_space(study: StudyConfig) -> None:
-    """Refuse a space that cannot be searched, before Ray starts: empty, or a knob no method reads."""
+    """Refuse a space that cannot be searched, before Ray starts."""
     if not study.space:
         raise ConfigError("space: is empty; a search needs at least one knob (see search_spaces/quickstart.yaml)")
-    owners = method_knobs()
-    methods = _methods(study)
-    for name in study.space:
-        section, field = space_target(name)
-        if section == "prompt" and field != "method" and not any(field in owners[m] for m in methods):
-            users = [m for m, knobs in owners.items() if field in knobs]
-            raise ConfigError(
-                f"space.{name}: no method of this study uses it ({', '.join(methods)}); "
-                f"it is a knob of {', '.join(users) or 'no method'}: remove it or add such a method"
-            )
+
+
+def unused_knobs(study: StudyConfig) -> list[str]:
+    """Space knobs that no method of this study reads (e.g. the LIF knobs once `--set
+    prompt.method=lorvp` pins the method): never sampled, and worth one line to the user."""
+    used = {name for m in _methods(study) for name in used_knobs(study, m)}
+    return [name for name in study.space if name != "method" and name not in used]
 
 
 class ConditionalSpace:

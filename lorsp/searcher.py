@@ -31,6 +31,7 @@ class StudySearcher(OptunaSearch):
     def __init__(self, study: StudyConfig, storage: optuna.storages.BaseStorage, history: int) -> None:
         self._objectives = [o.metric for o in study.objectives]
         self._balanced = balanced_knob(study)
+        self.methods = list(study.space["method"].choices) if "method" in study.space else [study.prompt.method]
         super().__init__(space=ConditionalSpace(study), metric=self._objectives,
                          mode=[o.mode for o in study.objectives], sampler=create_sampler(study, history),
                          study_name=study.name, storage=storage)

@@ -390,6 +390,11 @@ def run_study(
     history = study_history(optuna_storage, study.name)
     finished, waiting, todo = prepare_study(study, optuna_storage, resume)
     searcher = _searcher(study, optuna_storage, history)  # builds the space: a bad space fails here, before Ray starts
+    from lorsp.search import unused_knobs
+
+    if unused_knobs(study):
+        log(f"space: {', '.join(unused_knobs(study))} not searched: no method of this study "
+            f"({', '.join(searcher.methods)}) reads them")
     if resume:
         log(f"resuming study '{study.name}': {finished} trials finished, {waiting} interrupted to resume, "
             f"{todo - waiting} new to run")

@@ -44,11 +44,10 @@ def _children(run) -> dict[int, object]:
 
 @pytest.fixture(scope="module")
 def data(run):
-    from lorsp.data import BatchIterator, load_splits
+    from lorsp.data import BatchIterator, load_splits_for
 
     d = run["study"].data
-    splits = load_splits(d.dataset, image_size=d.image_size, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                         seed=d.seed, max_train=d.max_train)
+    splits = load_splits_for(d)
     images = next(iter(BatchIterator(splits.test, batch_size=48, image_size=d.image_size)))[0]
     return splits, images
 
@@ -149,10 +148,12 @@ def test_best_and_run_id_choose_the_right_trial(run, tmp_path, capsys):
     (row,) = pq.read_table(out / "manifest.parquet").to_pylist()
     assert row["trial"] == stopped.number and row["mlflow_run_id"] == child.info.run_id
     capsys.readouterr()
-    for bad in (["--run-id", "0123456789abcdef0123456789abcdef"], ["--best", "accuracy"]):
+    for bad in (["--run-id", "0123456789abcdef0123456789abcdef"], ["--best", "accuracy"], ["--best", "test_acc"]):
         assert main(["--name", NAME, "--root", str(run["root"]), *bad, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
+        if "test_acc" in bad:  # the test split never selects, not even "the best" prompt to export
+            assert "use val_acc" in err
     assert main(["--name", "nope", "--root", str(run["root"]), "--pareto", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.startswith("error: no study named 'nope'")
 

@@ -13,7 +13,7 @@ from lorsp.config import ConfigError, load_study
 from lorsp.prompts import PROMPTERS
 from lorsp.search import (
     CHECKPOINT, INTERRUPTIONS, ConditionalSpace, create_sampler, mark_interrupted, method_knobs,
-    next_balanced_choice, prepare_study, rdb_storage, sampler_seed, storage_uri, used_knobs,
+    next_balanced_choice, prepare_study, rdb_storage, sampler_seed, storage_uri, unused_knobs, used_knobs,
 )
 from tests.conftest import QUICKSTART
 
@@ -58,10 +58,14 @@ def test_used_knobs_keeps_train_knobs_for_every_method(tmp_path):
     assert set(used_knobs(study, "lorsp")) == {"rank", "timesteps", "threshold", "decay", "surrogate_slope", "lr"}
 
 
-def test_a_knob_no_method_reads_is_refused(tmp_path):
-    study = _study(tmp_path, "space.method.choices=[lorvp, none]", "space.method.default=lorvp")
-    with pytest.raises(ConfigError, match=r"space.timesteps: no method of this study uses it .*lorsp"):
-        ConditionalSpace(study)
+def test_a_knob_no_method_reads_is_never_sampled(tmp_path):
+    study = _study(tmp_path, "prompt.method=lorvp")  # pins the method: the LIF and pad knobs go unused
+    assert "method" not in study.space
+    assert unused_knobs(study) == ["timesteps", "threshold", "decay", "surrogate_slope", "pad_width"]
+    ot = optuna.create_study(directions=["maximize"])
+    trial = ot.ask()
+    ConditionalSpace(study)(trial)
+    assert set(trial.params) == {"rank", "lr"}
 
 
 def test_balanced_choice_gives_each_method_the_same_budget():

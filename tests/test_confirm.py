@@ -1,0 +1,104 @@
+"""Seed confirmation: the interval maths on fixed numbers, the front on the means, and a real run
+on the shared study (real Ray, Optuna storage and MLflow) that a second call does not repeat."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from lorsp.config import load_study
+from lorsp.confirm import (
+    Confirmation, fresh_seeds, mean_interval, stored_results, store_result, summarise,
+)
+from tests.conftest import QUICKSTART
+
+
+def test_mean_interval_on_fixed_numbers():
+    # mean 0.92, sd 0.02, n 3: half-width t(0.975, 2) * 0.02 / sqrt(3) = 4.302653 * 0.011547 = 0.049683
+    mean, low, high = mean_interval([0.90, 0.92, 0.94])
+    assert mean == pytest.approx(0.92)
+    assert (high - low) / 2 == pytest.approx(0.0496827, abs=1e-6)
+    assert low == pytest.approx(0.8703172, abs=1e-6) and high == pytest.approx(0.9696828, abs=1e-6)
+    assert mean_interval([1046.0] * 4) == (1046.0, 1046.0, 1046.0)  # a constant has no spread
+    single = mean_interval([0.5])
+    assert single[0] == 0.5 and single[1] == -math.inf and single[2] == math.inf
+    # Five seeds: t(0.975, 4) = 2.776445
+    values = [0.1, 0.2, 0.3, 0.4, 0.5]
+    _, low, high = mean_interval(values)
+    assert (high - low) / 2 == pytest.approx(2.776445 * math.sqrt(0.025) / math.sqrt(5), rel=1e-6)
+
+
+def test_front_on_the_means_decides_confirmed():
+    study = load_study(QUICKSTART)  # max val_acc, min prompt_density, min trainable_params
+
+    def runs(*accs: float, density: float = 0.5, params: float = 1000.0) -> dict[int, dict[str, float]]:
+        return {s: {"val_acc": a, "prompt_density": density, "trainable_params": params, "test_acc": a}
+                for s, a in enumerate(accs, start=1)}
+
+    confirmations = [
+        # On the search's single run trial 0 looked best; over fresh seeds trial 1 beats it everywhere.
+        Confirmation(0, {}, {"val_acc": 0.95}, runs(0.80, 0.82, 0.84)),
+        Confirmation(1, {}, {"val_acc": 0.90}, runs(0.88, 0.90, 0.92)),
+        Confirmation(2, {}, {"val_acc": 0.60}, runs(0.60, 0.61, 0.59, density=0.0, params=650.0)),
+        Confirmation(3, {}, {"val_acc": 0.70}, {1: {"failed": 1.0, "error": "diverged"}}),
+    ]
+    summarise(study, confirmations)
+    assert [c.confirmed for c in confirmations] == [False, True, True, None]
+    assert confirmations[1].intervals["val_acc"][0] == pytest.approx(0.90)
+    assert confirmations[1].intervals["test_acc"][0] == pytest.approx(0.90)  # reported beside the objectives
+    assert confirmations[3].ok_seeds == [] and not confirmations[3].intervals
+
+
+def test_seeds_are_fresh_and_stable():
+    study = load_study(QUICKSTART, ["train.seed=7"])
+    assert fresh_seeds(study, 3) == [8, 9, 10]
+    assert fresh_seeds(study, 5)[:3] == fresh_seeds(study, 3)  # asking for more extends the same list
+
+
+def test_results_live_in_the_optuna_storage(tmp_path):
+    found = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="s",
+                                directions=["maximize"])
+    store_result(found, 3, 8, {"val_acc": 0.9, "test_acc": 0.8})
+    store_result(found, 3, 9, {"failed": 1.0, "error": "boom"})
+    again = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    assert stored_results(again) == {(3, 8): {"val_acc": 0.9, "test_acc": 0.8},
+                                     (3, 9): {"failed": 1.0, "error": "boom"}}
+
+
+@pytest.mark.slow
+def test_confirm_runs_each_seed_once_and_records_in_mlflow(request, tmp_path_factory, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    from lorsp.confirm import main
+    from tests.test_tracking import NAME, shared_study
+
+    run = shared_study(request, tmp_path_factory)
+    front = sorted(r.number for r in run["records"] if r.pareto)
+    assert main(["--name", NAME, "--root", str(run["root"]), "--seeds", "2", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("confirm: trial ") == 2 * len(front)
+    found = optuna.load_study(study_name=NAME, storage=f"sqlite:///{run['root'].resolve() / 'optuna.db'}")
+    seeds = fresh_seeds(run["study"], 2)
+    assert set(stored_results(found)) == {(t, s) for t in front for s in seeds}
+    for (trial, seed), metrics in stored_results(found).items():
+        assert 0.0 <= metrics["val_acc"] <= 1.0 and "test_acc" in metrics
+    # A third seed: only the missing runs train.
+    assert main(["--name", NAME, "--root", str(run["root"]), "--seeds", "3", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count("confirm: trial ") == len(front)
+    assert (tmp_path / "confirm.parquet").is_file() and (tmp_path / "confirm.png").stat().st_size > 1000
+    client = MlflowClient(run["sqlite_uri"])
+    experiment = client.get_experiment_by_name(NAME)
+    confirm_runs = client.search_runs([experiment.experiment_id], "tags.`lorsp.role` = 'confirm'")
+    assert sorted(int(r.data.tags["lorsp.confirm_trial"]) for r in confirm_runs) == front
+    for confirm_run in confirm_runs:
+        assert confirm_run.data.tags["confirmed"] in ("true", "false") and "val_acc_mean" in confirm_run.data.metrics
+        seeds_runs = client.search_runs([experiment.experiment_id],
+                                        f"tags.`mlflow.parentRunId` = '{confirm_run.info.run_id}'")
+        assert sorted(int(r.data.tags["lorsp.seed"]) for r in seeds_runs) == fresh_seeds(run["study"], 3)
+    # lorsp.pareto shows the confirmed columns.
+    from lorsp.pareto.__main__ import main as pareto_main
+
+    assert pareto_main(["--name", NAME, "--root", str(run["root"]), "--out", str(tmp_path / "p"), "--no-plot"]) == 0
+    assert "confirmed" in capsys.readouterr().out
