@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lorsp.errors import ConfigError, DataError  # ConfigError stays importable from here
 from lorsp.metrics import METRICS, selection_error
 
 PROMPT_METHODS = ("none", "pad", "lorvp", "lorsp", "spike_nvpt")
@@ -24,10 +25,6 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")
 AugmentMode = Literal["none", "crop", "flip", "crop_flip"]
 #: ``data.augment`` choices; :data:`lorsp.data.AUGMENT_MODES` is the same tuple (a test holds it).
 AUGMENT_MODES: tuple[str, ...] = get_args(AugmentMode)
-
-
-class ConfigError(ValueError):
-    """A problem with a study file or an override, phrased as one line for the command line."""
 
 
 class _Section(BaseModel):
@@ -476,7 +473,7 @@ def _absolute_paths(study: StudyConfig) -> StudyConfig:
 
 def _check_names(study: StudyConfig) -> None:
     """Cheap checks against the libraries' registries, so a typo fails before any worker starts."""
-    from lorsp.data import DataError, validate_dataset_spec
+    from lorsp.data import validate_dataset_spec
 
     try:
         validate_dataset_spec(study.data.dataset)
