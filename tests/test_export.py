@@ -44,11 +44,10 @@ def _children(run) -> dict[int, object]:
 
 @pytest.fixture(scope="module")
 def data(run):
-    from lorsp.data import BatchIterator, load_splits
+    from lorsp.data import BatchIterator, load_splits_for
 
     d = run["study"].data
-    splits = load_splits(d.dataset, image_size=d.image_size, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                         seed=d.seed, max_train=d.max_train)
+    splits = load_splits_for(d)
     images = next(iter(BatchIterator(splits.test, batch_size=48, image_size=d.image_size)))[0]
     return splits, images
 
