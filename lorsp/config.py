@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from lorsp.errors import ConfigError, DataError  # ConfigError stays importable from here
 from lorsp.metrics import METRICS, selection_error
 
 PROMPT_METHODS = ("none", "pad", "lorvp", "lorsp", "spike_nvpt")
@@ -24,10 +33,6 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")
 AugmentMode = Literal["none", "crop", "flip", "crop_flip"]
 #: ``data.augment`` choices; :data:`lorsp.data.AUGMENT_MODES` is the same tuple (a test holds it).
 AUGMENT_MODES: tuple[str, ...] = get_args(AugmentMode)
-
-
-class ConfigError(ValueError):
-    """A problem with a study file or an override, phrased as one line for the command line."""
 
 
 class _Section(BaseModel):
@@ -62,16 +67,32 @@ class DataConfig(_Section):
 
     dataset: str = "digits"
     image_size: int = Field(32, ge=8, le=1024)
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
     batch_size: int = Field(64, ge=1)
-    num_workers: int = Field(0, ge=0)
     seed: int = 0
     max_train: int | None = Field(None, ge=1)
     root: str | None = None
     image_column: str = "image"
     label_column: str = "label"
     augment: AugmentMode = "none"
+
+    @field_validator("val_fraction", "test_fraction")
+    @classmethod
+    def _fraction_leaves_both_sides(cls, value: float, info: ValidationInfo) -> float:
+        # The bounds lorsp.data.load_splits enforces, refused here at load time instead of in a
+        # trial: an empty validation split leaves nothing to select on, an empty test split
+        # nothing to report; a fraction of 1 leaves no training data.
+        if 0.0 < value < 1.0:
+            return value
+        if value >= 1.0:
+            raise ValueError(f"must be in (0, 1), got {value}: that leaves no training images; use e.g. 0.1")
+        why = (  # 0, negative or NaN
+            "the search selects on the validation split, so it cannot be empty; use e.g. 0.1"
+            if info.field_name == "val_fraction"
+            else "test metrics are reported on the test split, so it cannot be empty; use e.g. 0.2"
+        )
+        raise ValueError(f"must be in (0, 1), got {value}: {why}")
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -476,7 +497,7 @@ def _absolute_paths(study: StudyConfig) -> StudyConfig:
 
 def _check_names(study: StudyConfig) -> None:
     """Cheap checks against the libraries' registries, so a typo fails before any worker starts."""
-    from lorsp.data import DataError, validate_dataset_spec
+    from lorsp.data import validate_dataset_spec
 
     try:
         validate_dataset_spec(study.data.dataset)

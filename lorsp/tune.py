@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lorsp.config import ConfigError, StudyConfig, load_study
-from lorsp.data import DataError
+from lorsp.errors import DataError
 from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY, outcome_of
 from lorsp.pareto import TrialRecord
 

@@ -56,6 +56,11 @@ def test_vit_study_parses():
         ({"data.augment": True}, "data.augment: a boolean is no longer accepted"),
         ({"data.augment": False}, "data.augment: a boolean is no longer accepted"),
         ({"data.augment": "cropflip"}, "did you mean 'crop_flip'"),
+        ({"data.num_workers": 4}, "data.num_workers: unknown key"),
+        ({"data.val_fraction": 0}, "data.val_fraction: must be in (0, 1), got 0.0: the search selects on the validation"),
+        ({"data.val_fraction": 1.0}, "data.val_fraction: must be in (0, 1), got 1.0: that leaves no training"),
+        ({"data.test_fraction": 0}, "data.test_fraction: must be in (0, 1), got 0.0: test metrics are reported on the test"),
+        ({"data.test_fraction": -0.1}, "data.test_fraction: must be in (0, 1)"),
     ],
 )
 def test_bad_config_is_one_line(write_study, overrides, expected):

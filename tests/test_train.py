@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from lorsp.config import StudyConfig, load_study
-from lorsp.data import ImageSplit, Splits, load_splits
+from lorsp.data import ImageSplit, Splits, load_splits_for
 from lorsp.model import PromptedClassifier, build_model
 from lorsp.train import PROMPT_FILE, train_loop
 from tests.conftest import QUICKSTART, REPO
@@ -88,9 +88,7 @@ def test_trained_lorsp_prompt_is_sparse():
 
 
 def _tiny_splits(study: StudyConfig) -> Splits:
-    d = study.data
-    return load_splits(d.dataset, image_size=d.image_size, val_fraction=d.val_fraction,
-                       test_fraction=d.test_fraction, seed=d.seed, max_train=d.max_train)
+    return load_splits_for(study.data)
 
 
 def _pixels(split: ImageSplit) -> torch.Tensor:
