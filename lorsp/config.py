@@ -387,6 +387,29 @@ def _validate(raw: dict[str, Any]) -> StudyConfig:
         raise ConfigError(_format_error(err)) from None
 
 
+def stored_study(raw: str | dict[str, Any]) -> StudyConfig:
+    """A study config that lorsp itself wrote earlier (Optuna storage, checkpoint, export), read
+    with the settings that have since been retired translated, so old studies stay readable.
+
+    A study *file* gets no such help: there a retired key is refused with a one-line fix, since a
+    person is there to edit it. A stored config describes what a finished run really did:
+    `augment: true` was crop + flip, `false` was none, and `num_workers` was never read.
+    """
+    import json
+
+    data = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    section = dict(data.get("data") or {})
+    section.pop("num_workers", None)
+    if isinstance(section.get("augment"), bool):
+        section["augment"] = "crop_flip" if section["augment"] else "none"
+    data["data"] = section
+    for objective in data.get("objectives") or []:
+        if isinstance(objective, dict) and objective.get("metric", "").startswith("test_"):
+            raise ConfigError(f"the stored study selects on {objective['metric']}, a test-split metric; "
+                              "its results cannot be used as they are: re-run the study with val_acc")
+    return _validate(data)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.lr=0.1` -> (['train', 'lr'], 0.1); the value is parsed as YAML so types come out right."""
     if "=" not in text:

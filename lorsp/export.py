@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from lorsp.config import ConfigError, StudyConfig
+from lorsp.config import ConfigError, StudyConfig, stored_study
 from lorsp.metrics import METRICS, selection_error
 
 FORMAT = "lorsp-export/1"
@@ -61,7 +61,7 @@ def load_exported(path: str | Path, device: str | Any = "cpu") -> Any:
     folder = _trial_folder(Path(path))
     meta = _read_meta(folder)
     try:
-        study = StudyConfig.model_validate(meta["hyperparameters"])
+        study = stored_study(meta["hyperparameters"])
         num_classes = int(meta["num_classes"])
     except (KeyError, TypeError, ValueError) as err:  # pydantic's ValidationError is a ValueError
         reason = f"no '{err.args[0]}' entry" if isinstance(err, KeyError) else str(err).splitlines()[0][:160]
@@ -187,7 +187,7 @@ def export_trial(study: StudyConfig, record: Any, out: Path, *, run: Any | None 
     with tempfile.TemporaryDirectory(prefix="lorsp-export-") as tmp:
         source, weights, config_text = _fetch_weights(study, record, run, store, Path(tmp))
         shutil.copyfile(weights, folder / PROMPT_FILE)
-    config = StudyConfig.model_validate(yaml.safe_load(config_text)) if config_text else study.with_params(record.params)
+    config = stored_study(yaml.safe_load(config_text)) if config_text else study.with_params(record.params)
     state = load_file(str(folder / PROMPT_FILE))
     if "head.weight" not in state:
         raise ConfigError(f"trial {record.number}: {PROMPT_FILE} has no head.weight; not a lorsp checkpoint")

@@ -49,8 +49,11 @@ class ProgressCallback(Callback):
                     old = self.best.get(metric)
                     better = old is None or (value > old if mode == "max" else value < old)
                     self.best[metric] = value if better else old
-        number = ((trial.config or {}).get(TRIAL_KEY) or {}).get("number")
+        config = trial.config or {}
+        number = (config.get(TRIAL_KEY) or {}).get("number")
         name = f"trial {number}" if number is not None else f"trial {trial.trial_id}"
+        if "method" in config:
+            name += f" ({config['method']})"
         shown = "" if outcome.state == "FAIL" else "  " + "  ".join(
             f"{m} {result[m]:.4g}" for m, _ in self.objectives if isinstance(result.get(m), (int, float)))
         best = "  ".join(f"{m} {v:.4g}" for m, v in self.best.items())

@@ -19,7 +19,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from lorsp.config import ConfigError, SpaceParam, StudyConfig, space_target
+from lorsp.config import ConfigError, SpaceParam, StudyConfig, space_target, stored_study
 from lorsp.pareto import TrialRecord, rank_trials
 
 # User attributes of every Optuna trial (written by lorsp.tune's searcher).
@@ -296,7 +296,7 @@ def stored_config(storage: optuna.storages.BaseStorage, name: str) -> StudyConfi
     raw = found.user_attrs.get(STUDY_CONFIG_ATTR)
     if raw is None:
         raise ConfigError(f"study '{name}' was not created by lorsp.tune (no stored config)")
-    return StudyConfig.model_validate_json(raw)
+    return stored_study(raw)
 
 
 def open_stored_study(name: str, storage: str | None,

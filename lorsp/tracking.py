@@ -333,6 +333,10 @@ class MLflowCallback(Callback):
         self._last: dict[str, dict[str, Any]] = {}
         self._placed: set[str] = set()
         self._closed: set[str] = set()
+        self._names: dict[str, str] = {}  # tune trial id -> "trial <optuna number>", for messages
+
+    def _name(self, trial_id: str) -> str:
+        return self._names.get(trial_id, f"trial {trial_id}")
 
     # Tune pickles its run config (callbacks included) into tuner.pkl: keep the client out of it.
     def __getstate__(self) -> dict[str, Any]:
@@ -388,7 +392,8 @@ class MLflowCallback(Callback):
         if run_id is None:
             config = dict(trial.config or {})
             number = (config.pop(TRIAL_KEY, None) or {}).get("number")
-            run_id = self._safely(f"opening the run of trial {number if number is not None else trial.trial_id}",
+            self._names[trial.trial_id] = f"trial {number}" if number is not None else f"trial {trial.trial_id}"
+            run_id = self._safely(f"opening the run of {self._names[trial.trial_id]}",
                                   lambda: self._open_child(number, trial.trial_id, config))
             if run_id is not None:
                 self._runs[trial.trial_id] = run_id
@@ -413,12 +418,12 @@ class MLflowCallback(Callback):
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
         metrics = {k: result[k] for k in PER_EPOCH if _is_number(result.get(k))}
-        self._safely(f"logging epoch {step} of trial {trial.trial_id}",
+        self._safely(f"logging epoch {step} of {self._name(trial.trial_id)}",
                      lambda: self.store.log_metrics(run_id, metrics, step))
         if trial.trial_id not in self._placed and any(k in result for k in PLACEMENT):
             self._placed.add(trial.trial_id)
             tags = {k: result[k] for k in PLACEMENT if k in result}
-            self._safely(f"tagging trial {trial.trial_id}", lambda: self.store.set_tags(run_id, tags))
+            self._safely(f"tagging {self._name(trial.trial_id)}", lambda: self.store.set_tags(run_id, tags))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, errored=False)
@@ -468,13 +473,13 @@ class MLflowCallback(Callback):
             tags["checkpoint_path"] = checkpoint
         final = {k: result[k] for k in METRICS if _is_number(result.get(k)) and k not in PER_EPOCH}
         final["epochs_done"] = float(outcome.epochs)
-        what = f"closing the run of trial {trial_id}"
+        what = f"closing the run of {self._name(trial_id)}"
         self._safely(what, lambda: self.store.log_metrics(run_id, final, outcome.epochs))
         self._safely(what, lambda: self.store.set_tags(run_id, tags))
         if result.get(TRACEBACK_KEY):
             self._safely(what, lambda: self.store.log_text(run_id, str(result[TRACEBACK_KEY]), "error.txt"))
         if outcome.state != "INTERRUPTED":
-            self._safely(f"uploading the checkpoint of trial {trial_id}",
+            self._safely(f"uploading the checkpoint of {self._name(trial_id)}",
                          lambda: self.store.log_checkpoint(run_id, checkpoint))
         self._safely(what, lambda: self.store.client.set_terminated(run_id, outcome.mlflow_status))
 

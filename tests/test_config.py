@@ -158,3 +158,21 @@ def test_cli_refuses_empty_study_file(tmp_path: Path, capsys, module: str):
                 "(and usually name, prompt, train, space); start from a copy of search_spaces/quickstart.yaml")
     assert lines == [expected]
     assert not (tmp_path / "runs").exists()  # refused before any store or output folder was made
+
+
+def test_stored_configs_of_earlier_versions_still_load():
+    """What lorsp wrote before (Optuna storage, checkpoints, exports) reads back as what it did."""
+    import json
+
+    from lorsp.config import stored_study
+
+    old = load_study(QUICKSTART).model_dump(mode="json")
+    old["data"]["augment"] = True
+    old["data"]["num_workers"] = 4
+    study = stored_study(json.dumps(old))
+    assert study.data.augment == "crop_flip"  # what `true` trained with
+    old["data"]["augment"] = False
+    assert stored_study(old).data.augment == "none"
+    old["objectives"] = [{"metric": "test_acc", "mode": "max"}]
+    with pytest.raises(ConfigError, match="re-run the study with val_acc"):
+        stored_study(old)

@@ -29,8 +29,8 @@ def exported(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("export")
     study = load_study(QUICKSTART, [*FAST, f"tracking.root={root / 'runs'}"]).resolved()
     train_loop(study, out_dir=root / "checkpoint", verbose=False)
-    record = TrialRecord(number=3, params={}, values={"val_acc": 0.5}, full_budget=True, state="COMPLETE",
-                         attrs={"checkpoint_path": str(root / "checkpoint")}, pareto_rank=0)
+    record = TrialRecord(number=3, params={}, values={"val_acc": 0.5}, state="COMPLETE",
+                         checkpoint_path=str(root / "checkpoint"), pareto_rank=0)
     export_trial(study, record, root / "out")
     folder = root / "out" / "trial-3"
     assert {p.name for p in folder.iterdir()} == {META_FILE, PROMPT_FILE, BACKBONE_FILE}

@@ -136,6 +136,8 @@ def _run_shared_study(base: Path) -> dict[str, Any]:
     sqlite_callbacks = tune_callbacks(study)
     server_study = study.model_copy(update={"tracking": study.tracking.model_copy(update={"uri": server.uri})})
     server_callbacks = tune_callbacks(server_study)
+    callback_warnings: list[str] = []
+    server_callbacks[0]._warn = callback_warnings.append
     killer = KillServerAfterFirstTrial(server.process.pid)
     # A stuck cluster must fail the tests, not hang them: interrupt the search (Tune stops it
     # cleanly on SIGINT) after STUDY_DEADLINE_S.
@@ -149,11 +151,14 @@ def _run_shared_study(base: Path) -> dict[str, Any]:
     warnings: list[str] = []
     t0 = time.perf_counter()
     server_finished = finish_study(server_study, records, warn=warnings.append)
+    # What the command line does at the end: the callback already warned, so no second warning.
+    silent: list[str] = []
+    assert finish_study(server_study, records, warn=silent.append, warned=True) is None and not silent
     return {
         "base": base, "root": base / "runs", "study": study, "records": records, "server": server,
         "standby": standby, "servers": [standby],
         "server_study": server_study, "sqlite_uri": tracking_uri(study), "sqlite_callback": sqlite_callbacks[0],
-        "server_callback": server_callbacks[0], "killer": killer, "finished": finished,
+        "server_callback": server_callbacks[0], "callback_warnings": callback_warnings, "killer": killer, "finished": finished,
         "server_finished": server_finished, "server_finish_warnings": warnings,
         "server_finish_s": time.perf_counter() - t0, "study_s": time.perf_counter() - tick,
     }
@@ -350,6 +355,8 @@ def test_server_death_midway_does_not_stop_the_study(run):
     records = run["records"]
     assert run["killer"].killed_at is not None
     assert run["server_callback"].failure is not None  # it noticed, warned once, went on
+    (warning,) = run["callback_warnings"]
+    assert "relog --name trk" in warning and "\n" not in warning
     assert run["sqlite_callback"].failure is None
     assert sorted(r.state for r in records) == ["COMPLETE", "COMPLETE", "PRUNED"]
     # The results are in the Optuna storage whatever MLflow did.
