@@ -520,7 +520,7 @@ def _absolute_paths(study: StudyConfig) -> StudyConfig:
 
 def _check_names(study: StudyConfig) -> None:
     """Cheap checks against the libraries' registries, so a typo fails before any worker starts."""
-    from lorsp.data import validate_dataset_spec
+    from lorsp.data.spec import validate_dataset_spec
 
     try:
         validate_dataset_spec(study.data.dataset)

@@ -326,33 +326,6 @@ def write_manifest(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
 
 
 # ---------------------------------------------------------------- MLflow model registry
-PYFUNC_CODE = '''"""MLflow pyfunc wrapper of an exported lorsp prompt (models-from-code)."""
-import warnings
-
-import mlflow
-import numpy as np
-
-with warnings.catch_warnings():
-    # The input is a tensor signature (set when logging), not a type-hinted one.
-    warnings.simplefilter("ignore", UserWarning)
-
-    class LorspPromptModel(mlflow.pyfunc.PythonModel):
-        """Input: float32 images N x 3 x L x L in [0, 1]; output: class probabilities N x C."""
-
-        def load_context(self, context):
-            import lorsp
-
-            self.model = lorsp.load(context.artifacts["export"])
-
-        def predict(self, context, model_input, params=None):
-            import torch
-
-            x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-            with torch.no_grad():
-                return torch.softmax(self.model(x).float(), dim=1).numpy()
-
-    mlflow.models.set_model(LorspPromptModel())
-'''
 
 
 def register(store: Any, study: StudyConfig, folder: Path, run: Any | None, parent_id: str | None,
@@ -389,8 +362,7 @@ def register(store: Any, study: StudyConfig, folder: Path, run: Any | None, pare
     artifact_path = f"pyfunc-{model_name}"
     with tempfile.TemporaryDirectory(prefix="lorsp-pyfunc-") as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(type hints|input example|input_example).*")
-        code = Path(tmp) / "lorsp_pyfunc.py"
-        code.write_text(PYFUNC_CODE)
+        code = Path(lorsp.__file__).parent / "pyfunc.py"  # loaded by path: models from code
         local = Path(tmp) / "model"
         mlflow.pyfunc.save_model(
             path=str(local), python_model=str(code), artifacts={"export": str(folder)},
