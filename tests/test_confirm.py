@@ -67,38 +67,57 @@ def test_results_live_in_the_optuna_storage(tmp_path):
                                      (3, 9): {"failed": 1.0, "error": "boom"}}
 
 
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """A small finished study of its own (confirmation adds to a study's stores; the shared one
+    of test_tracking must stay as its tests expect it)."""
+    import ray
+
+    from lorsp.tracking import finish_study, tune_callbacks
+    from lorsp.tune import init_ray, run_study
+
+    root = tmp_path_factory.mktemp("confirm") / "runs"
+    study = load_study(QUICKSTART, ["name=conf", f"tracking.root={root}", "train.epochs=1", "data.max_train=160",
+                                    "data.batch_size=40", "search.num_samples=3", "prompt.method=lorvp"])
+    init_ray(None, num_cpus=2)
+    records = run_study(study, callbacks=tune_callbacks(study)).records
+    finish_study(study, records)
+    yield study, records, root
+    ray.shutdown()
+
+
 @pytest.mark.slow
-def test_confirm_runs_each_seed_once_and_records_in_mlflow(request, tmp_path_factory, tmp_path, capsys):
+def test_confirm_runs_each_seed_once_and_records_in_mlflow(finished_study, tmp_path, capsys):
     from mlflow import MlflowClient
 
     from lorsp.confirm import main
-    from tests.test_tracking import NAME, shared_study
+    from lorsp.tracking import tracking_uri
 
-    run = shared_study(request, tmp_path_factory)
-    front = sorted(r.number for r in run["records"] if r.pareto)
-    assert main(["--name", NAME, "--root", str(run["root"]), "--seeds", "2", "--out", str(tmp_path)]) == 0
+    study, records, root = finished_study
+    front = sorted(r.number for r in records if r.pareto)
+    assert main(["--name", "conf", "--root", str(root), "--seeds", "2", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("confirm: trial ") == 2 * len(front)
-    found = optuna.load_study(study_name=NAME, storage=f"sqlite:///{run['root'].resolve() / 'optuna.db'}")
-    seeds = fresh_seeds(run["study"], 2)
+    found = optuna.load_study(study_name="conf", storage=f"sqlite:///{root.resolve() / 'optuna.db'}")
+    seeds = fresh_seeds(study, 2)
     assert set(stored_results(found)) == {(t, s) for t in front for s in seeds}
-    for (trial, seed), metrics in stored_results(found).items():
+    for metrics in stored_results(found).values():
         assert 0.0 <= metrics["val_acc"] <= 1.0 and "test_acc" in metrics
     # A third seed: only the missing runs train.
-    assert main(["--name", NAME, "--root", str(run["root"]), "--seeds", "3", "--out", str(tmp_path)]) == 0
+    assert main(["--name", "conf", "--root", str(root), "--seeds", "3", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out.count("confirm: trial ") == len(front)
     assert (tmp_path / "confirm.parquet").is_file() and (tmp_path / "confirm.png").stat().st_size > 1000
-    client = MlflowClient(run["sqlite_uri"])
-    experiment = client.get_experiment_by_name(NAME)
+    client = MlflowClient(tracking_uri(study))
+    experiment = client.get_experiment_by_name("conf")
     confirm_runs = client.search_runs([experiment.experiment_id], "tags.`lorsp.role` = 'confirm'")
     assert sorted(int(r.data.tags["lorsp.confirm_trial"]) for r in confirm_runs) == front
     for confirm_run in confirm_runs:
         assert confirm_run.data.tags["confirmed"] in ("true", "false") and "val_acc_mean" in confirm_run.data.metrics
         seeds_runs = client.search_runs([experiment.experiment_id],
                                         f"tags.`mlflow.parentRunId` = '{confirm_run.info.run_id}'")
-        assert sorted(int(r.data.tags["lorsp.seed"]) for r in seeds_runs) == fresh_seeds(run["study"], 3)
+        assert sorted(int(r.data.tags["lorsp.seed"]) for r in seeds_runs) == fresh_seeds(study, 3)
     # lorsp.pareto shows the confirmed columns.
     from lorsp.pareto.__main__ import main as pareto_main
 
-    assert pareto_main(["--name", NAME, "--root", str(run["root"]), "--out", str(tmp_path / "p"), "--no-plot"]) == 0
+    assert pareto_main(["--name", "conf", "--root", str(root), "--out", str(tmp_path / "p"), "--no-plot"]) == 0
     assert "confirmed" in capsys.readouterr().out

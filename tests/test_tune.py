@@ -230,10 +230,11 @@ def test_existing_study_needs_resume(tmp_path):
     assert prepare_study(other, storage, resume=False) == (0, 0, 2)  # different names never mix
 
 
-def _interrupt_then_resume(tmp_path: Path, sig: signal.Signals) -> tuple[subprocess.CompletedProcess, str, Path]:
+def _interrupt(tmp_path: Path, sig: signal.Signals) -> tuple[list[str], str, Path, dict[int, int]]:
     """Run a 4-trial study one trial at a time, send `sig` to the driver once two trials finished
-    and the third has a checkpoint of epoch 2 (read from the Optuna storage, not from timing), and
-    return (the resumed run, the interrupted run's stderr, the store folder)."""
+    and the third has a checkpoint of epoch 2 (read from the Optuna storage, not from timing), check
+    that nothing stays RUNNING in either store, and return (the command, the interrupted run's
+    stderr, the store folder, and for each interrupted trial the epoch of its last checkpoint)."""
     root = tmp_path / "runs"
     args = [sys.executable, "-m", "lorsp.tune", "--space", str(QUICKSTART), "--name", "resumable",
             "--num-samples", "4", "--max-concurrent", "1", "--set", "data.max_train=160", "--set", "data.batch_size=40",
@@ -266,22 +267,28 @@ def _interrupt_then_resume(tmp_path: Path, sig: signal.Signals) -> tuple[subproc
     trials = optuna.load_study(study_name="resumable", storage=url).trials
     assert not [t for t in trials if t.state.name == "RUNNING"]
     waiting = [t for t in trials if t.state.name == "WAITING"]
-    assert waiting and all(t.user_attrs.get("epochs_done", 0) >= 2 for t in waiting)
+    assert any(t.user_attrs.get("epochs_done", 0) >= 2 for t in waiting)  # interrupted with a checkpoint
+    checkpoints = {t.number: t.user_attrs.get("epochs_done", 0) for t in waiting}
+    # One line with the exact command that resumes.
+    (hint,) = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert hint.endswith("--resume") and "python -m lorsp.tune --space" in hint and "Tuner.restore" not in err
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("resumable").experiment_id])
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+    return args, err, root, checkpoints
+
+
+def test_sigterm_stops_the_study_cleanly(tmp_path):
+    """SIGTERM (what `ray job stop` and schedulers send) is a clean stop too, exit 143."""
+    _interrupt(tmp_path, signal.SIGTERM)
+
+
+def test_interrupted_study_resumes_every_trial_once(tmp_path):
+    args, _, root, checkpoints = _interrupt(tmp_path, signal.SIGINT)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     done = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
-    return done, err, root
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupted_study_resumes_every_trial_once(tmp_path, sig):
-    done, interrupted_err, root = _interrupt_then_resume(tmp_path, sig)
-    # One line with the exact command that resumes.
-    (hint,) = [line for line in interrupted_err.splitlines() if line.startswith("interrupted:")]
-    assert hint.endswith("--resume") and "python -m lorsp.tune --space" in hint and "Tuner.restore" not in interrupted_err
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "interrupted to resume" in done.stdout
     trials = optuna.load_study(study_name="resumable", storage=f"sqlite:///{root / 'optuna.db'}").trials
@@ -289,7 +296,7 @@ def test_interrupted_study_resumes_every_trial_once(tmp_path, sig):
     assert all(t.state.name == "COMPLETE" and t.user_attrs["epochs_done"] == 5 for t in trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
     resumed = [t for t in trials if t.user_attrs.get("interruptions")]
-    assert resumed
+    assert sorted(t.number for t in resumed) == sorted(checkpoints)
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
@@ -297,8 +304,11 @@ def test_interrupted_study_resumes_every_trial_once(tmp_path, sig):
         [client.get_experiment_by_name("resumable").experiment_id], "tags.`lorsp.role` = 'trial'")}
     assert sorted(runs) == [0, 1, 2, 3] and all(r.info.status == "FINISHED" for r in runs.values())
     for t in resumed:
-        # Resumed from its checkpoint, not re-run: every epoch was logged exactly once, and the
-        # resumed part started after epoch 2.
+        # Resumed from its checkpoint, not re-run: the epochs up to the checkpoint (>= 2) were
+        # trained, and logged, once. (An epoch that ended after the last stored checkpoint is
+        # trained again, so it may appear twice.)
         steps = [m.step for m in client.get_metric_history(runs[t.number].info.run_id, "val_acc")]
-        assert sorted(steps) == [1, 2, 3, 4, 5], steps
+        upto = checkpoints[t.number]
+        assert sorted(s for s in steps if s <= upto) == list(range(1, upto + 1)), (upto, steps)
+        assert set(steps) == {1, 2, 3, 4, 5}, steps
         assert runs[t.number].data.tags["resumed"] == "true"
