@@ -2,7 +2,7 @@
 
 The first tests read the cloud configs and hold them to Ray's own cluster-config schema and to each
 other (images, volumes, secrets, service names). The others start real processes through
-`python -m lorsp.cluster` (PostgreSQL, an MLflow server, a Ray head and worker nodes, each a
+`cluster/local_cluster.py`, the tool behind `cluster/local.sh` (PostgreSQL, an MLflow server, a Ray head and worker nodes, each a
 separate raylet with token auth), submit real studies with `ray job submit`, lose a worker node in
 the middle of a study, stop and resume the study driver, and check what ended up in PostgreSQL and
 MLflow. PostgreSQL comes from the system (`apt-get install -y postgresql`): without it these tests
@@ -30,11 +30,16 @@ from typing import Any
 import pytest
 import yaml
 
-from lorsp import cluster
 from lorsp.config import load_study
+from lorsp.ports import free_port
 from tests.conftest import REPO
 
 CLUSTER = REPO / "cluster"
+# The local-cluster tool is a script in cluster/, not part of the lorsp package: import it the way
+# `python cluster/local_cluster.py` (what local.sh runs) finds its modules, with its folder on sys.path.
+sys.path.insert(0, str(CLUSTER))
+import local_cluster as cluster  # noqa: E402
+
 KUBERAY = CLUSTER / "kuberay"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 RAY = str(Path(sys.executable).parent / "ray")
@@ -198,12 +203,12 @@ def _state_folder(prefix: str) -> Path:
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[dict[str, Any]]:
-    """A private PostgreSQL with the databases `mlflow` and `optuna`, started by lorsp.cluster's own
+    """A private PostgreSQL with the databases `mlflow` and `optuna`, started by the cluster tool's own
     helpers but without Ray or an MLflow server: seconds instead of a cluster's minute."""
     _need_postgres()
     folder = _state_folder("lorsp-pg-")
     state = {"postgres": {"bindir": str(cluster.pg_bindir()), "root": str(folder / "postgres"),
-                          "port": cluster.free_port(), "password": secrets.token_hex(12)}}
+                          "port": free_port(), "password": secrets.token_hex(12)}}
     env = dict(os.environ)
     try:
         cluster._pg_init(state, env)

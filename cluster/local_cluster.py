@@ -1,4 +1,9 @@
-"""`python -m lorsp.cluster up|status|down`: a multi-node Ray cluster with its services, on one machine.
+"""`cluster/local.sh up|status|down`: a multi-node Ray cluster with its services, on one machine.
+
+Deployment tooling, not part of the `lorsp` library: it lives with the other deployments in `cluster/`
+and runs as a script (`python cluster/local_cluster.py`, which `local.sh` calls with the repository's
+Python). It uses lorsp only for what the library itself needs too: `lorsp.ports` and
+`lorsp.mlflow_server`.
 
 What `up` starts, all under one state folder (default `./lorsp-cluster/`):
 
@@ -33,7 +38,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +45,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from lorsp.mlflow_server import answers, server_command, wait_until_up
+from lorsp.ports import free_port
 
 DEFAULT_STATE = "lorsp-cluster"
 STATE_FILE = "cluster.json"
@@ -89,12 +96,6 @@ def _ray_temp_root(folder: Path) -> Path:
     """Ray's per-node temp dirs: short, because Ray's unix socket paths must stay under 107 bytes."""
     digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
     return Path("/tmp") / f"lorsp-ray-{digest}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------- processes
@@ -276,7 +277,7 @@ def _pg_init(state: dict[str, Any], env: dict[str, str]) -> None:
         raise ClusterError(f"initdb failed: {(out.stderr or out.stdout).strip()[-500:]}")
     with open(data / "postgresql.conf", "a") as conf:
         # TCP on loopback only; no unix socket (its path would be too long inside a deep state folder).
-        conf.write("\n# lorsp.cluster\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n")
+        conf.write("\n# cluster/local.sh\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n")
 
 
 def _pg_start(state: dict[str, Any], env: dict[str, str]) -> None:
@@ -325,33 +326,16 @@ def pg_uri(state: dict[str, Any], db: str) -> str:
 def _mlflow_start(state: dict[str, Any], env: dict[str, str]) -> subprocess.Popen:
     folder = Path(state["state_dir"])
     (folder / "artifacts").mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", pg_uri(state, "mlflow"),
-           "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
-           "--port", str(state["ports"]["mlflow"]), "--workers", "1"]
+    cmd = server_command(pg_uri(state, "mlflow"), folder / "artifacts", state["ports"]["mlflow"])
     with open(folder / "logs" / "mlflow.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
 def _wait_mlflow(state: dict[str, Any], proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    url = f"{state['tracking_uri']}/health"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _http_ok(url):
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    log = Path(state["state_dir"]) / "logs" / "mlflow.log"
-    raise ClusterError(f"the MLflow server did not come up on {state['tracking_uri']}; see {log}:\n{_tail(log)}")
+    if not wait_until_up(state["tracking_uri"], proc, timeout):
+        log = Path(state["state_dir"]) / "logs" / "mlflow.log"
+        raise ClusterError(f"the MLflow server did not come up on {state['tracking_uri']}; see {log}:\n{_tail(log)}")
 
 
 # ---------------------------------------------------------------------------------------- Ray nodes
@@ -434,7 +418,7 @@ def up(folder: str | os.PathLike[str] | None = None, *, workers: int = 2, head_c
         raise ClusterError("PostgreSQL is not installed (no initdb): `apt-get install -y postgresql`, "
                            "or pass --no-services for a Ray-only cluster")
     root.mkdir(parents=True, exist_ok=True)
-    (root / ".gitignore").write_text("# state of `python -m lorsp.cluster`: never commit, never upload\n*\n")
+    (root / ".gitignore").write_text("# state of cluster/local.sh: never commit, never upload\n*\n")
     (root / "logs").mkdir(exist_ok=True)
     (root / "runs").mkdir(exist_ok=True)
     state: dict[str, Any] = {
@@ -571,7 +555,7 @@ def status(folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         report["jobs"] = []
     if state.get("services"):
         report["postgres"] = _pg_ready(state)
-        report["mlflow"] = _http_ok(state["tracking_uri"] + "/health")
+        report["mlflow"] = answers(state["tracking_uri"])
     ok = report["processes"] > 0 and report.get("postgres", True) and report.get("mlflow", True)
     for name, n in report["nodes"].items():
         if state["nodes"][name].get("alive", True):  # a node lost on purpose (`kill-node`) does not count
@@ -655,9 +639,9 @@ def describe(state: dict[str, Any]) -> str:
         "run the quickstart study on it (from the repository root):",
         "  RAY_AUTH_MODE=token " + shlex.join(submit_command(state)),
         "",
-        "watch it: the dashboard (Jobs, Cluster) and the MLflow UI above; `python -m lorsp.cluster status`.",
+        "watch it: the dashboard (Jobs, Cluster) and the MLflow UI above; `cluster/local.sh status`.",
         "continue an interrupted study: the same command with --resume.",
-        "stop: python -m lorsp.cluster down" + (f" --state {state['state_dir']}" if _non_default(state) else ""),
+        "stop: cluster/local.sh down" + (f" --state {state['state_dir']}" if _non_default(state) else ""),
     ]
     return "\n".join(lines)
 
@@ -676,7 +660,7 @@ def env_lines(state: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lorsp.cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cluster/local.sh", description=__doc__.splitlines()[0])
     state_help = f"state folder (default: $LORSP_CLUSTER_STATE or ./{DEFAULT_STATE})"
     parser.add_argument("--state", help=state_help)
     common = argparse.ArgumentParser(add_help=False)
