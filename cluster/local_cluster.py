@@ -51,6 +51,7 @@ from lorsp.ports import free_port
 
 DEFAULT_STATE = "lorsp-cluster"
 STATE_FILE = "cluster.json"
+TOKEN_FILE = "auth_token"
 ID_VAR = "LORSP_CLUSTER_ID"
 NODE_VAR = "LORSP_CLUSTER_NODE"
 PG_USER = "lorsp"
@@ -90,6 +91,44 @@ def _save_state(state: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(state, indent=2))
     tmp.chmod(0o600)  # holds the PostgreSQL password
     tmp.replace(file)
+
+
+def token_file(state: dict[str, Any]) -> Path:
+    """The cluster's own Ray auth token, in its state folder.
+
+    Every node, job and client of this cluster reads it (RAY_AUTH_TOKEN_PATH) instead of
+    ~/.ray/auth_token: `ray start` refuses token auth without a token and does not create one, so a
+    cluster that relied on the user's home folder failed on a fresh machine (CI, an empty HOME), and
+    it never touches a token the user keeps for other clusters. It outlives `down` (a shell that
+    exported it stays valid for the next `up`) and goes with `down --purge`.
+    """
+    return Path(state["state_dir"]) / TOKEN_FILE
+
+
+def _ensure_token(root: Path) -> None:
+    """Create the cluster's token once, readable by its owner only (256 random bits, as Ray's own)."""
+    file = root / TOKEN_FILE
+    if file.is_file() and file.read_text().strip():
+        return
+    tmp = file.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(secrets.token_hex(32))
+    tmp.replace(file)
+
+
+def client_env(state: dict[str, Any]) -> dict[str, str]:
+    """What a Ray client of this cluster (`ray job submit`, `ray job stop`, a job's `ray.init`) needs."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file(state))}
+
+
+def auth_headers(state: dict[str, Any]) -> dict[str, str]:
+    """The header that Ray's HTTP clients (jobs, state API) send to this cluster's dashboard.
+
+    Given to them explicitly: left alone they take the token of whatever Ray this process saw first
+    (a process-wide cache), which is not this cluster's when a test or a shell talks to several.
+    """
+    return {"Authorization": f"Bearer {token_file(state).read_text().strip()}"}
 
 
 def _ray_temp_root(folder: Path) -> Path:
@@ -199,10 +238,11 @@ def _tail(file: Path, lines: int = 15) -> str:
 
 
 def _base_env(state: dict[str, Any], node: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", ID_VAR, NODE_VAR)}
+    # RAY_AUTH_TOKEN would win over the cluster's token file: a token exported for another cluster.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", ID_VAR, NODE_VAR)}
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # `python` in a job = this interpreter
-    env.setdefault("RAY_AUTH_MODE", "token")
+    env.update(client_env(state))  # token auth, always, with the cluster's own token
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     # Ray's own helpers (Train's placement-group cleaner, the state API) find "the" cluster on their
     # own and fail when another Ray runs on this machine: point them at ours.
@@ -421,6 +461,7 @@ def up(folder: str | os.PathLike[str] | None = None, *, workers: int = 2, head_c
     (root / ".gitignore").write_text("# state of cluster/local.sh: never commit, never upload\n*\n")
     (root / "logs").mkdir(exist_ok=True)
     (root / "runs").mkdir(exist_ok=True)
+    _ensure_token(root)
     state: dict[str, Any] = {
         "state_dir": str(root), "id": (old or {}).get("id") or secrets.token_hex(6),
         "ray_temp": str(_ray_temp_root(root)), "running": True, "services": services,
@@ -564,23 +605,9 @@ def status(folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     return report
 
 
-def ray_token() -> str | None:
-    """The token `ray job submit` would send: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
 def api_get(state: dict[str, Any], path: str, timeout: float = 10.0) -> Any:
     """GET a Ray dashboard endpoint (jobs, nodes) with the auth token; the decoded JSON."""
-    request = urllib.request.Request(state["dashboard_url"] + path)
-    token = ray_token()
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    request = urllib.request.Request(state["dashboard_url"] + path, headers=auth_headers(state))
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read().decode())
 
@@ -619,6 +646,12 @@ def submit_command(state: dict[str, Any], space: str = DEFAULT_SPACE, extra: lis
     return cmd
 
 
+def submit_line(state: dict[str, Any], space: str = DEFAULT_SPACE, extra: list[str] | None = None) -> str:
+    """The shell line that submits a study: `ray job submit` with the cluster's token in its environment."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in client_env(state).items())
+    return f"{env} {shlex.join(submit_command(state, space, extra))}"
+
+
 def describe(state: dict[str, Any]) -> str:
     nodes = " + ".join(f"{name} ({n['cpus']:g} CPU{', %d GPU' % n['gpus'] if n['gpus'] else ''})"
                        for name, n in state["nodes"].items())
@@ -637,7 +670,7 @@ def describe(state: dict[str, Any]) -> str:
         f"  runs folder    {state['runs']}   (Ray results and trial checkpoints)",
         "",
         "run the quickstart study on it (from the repository root):",
-        "  RAY_AUTH_MODE=token " + shlex.join(submit_command(state)),
+        "  " + submit_line(state),
         "",
         "watch it: the dashboard (Jobs, Cluster) and the MLflow UI above; `cluster/local.sh status`.",
         "continue an interrupted study: the same command with --resume.",
@@ -651,11 +684,13 @@ def _non_default(state: dict[str, Any]) -> bool:
 
 
 def env_lines(state: dict[str, Any]) -> str:
-    out = {"RAY_AUTH_MODE": "token", "RAY_ADDRESS": state["ray_address"], "RAY_API_SERVER_ADDRESS": state["dashboard_url"]}
+    """Shell lines that point Ray's CLI and lorsp at this cluster (`eval "$(cluster/local.sh env)"`)."""
+    out = {**client_env(state), "RAY_ADDRESS": state["ray_address"], "RAY_API_SERVER_ADDRESS": state["dashboard_url"]}
     if state.get("services"):
         out["MLFLOW_TRACKING_URI"] = state["tracking_uri"]
         out["LORSP_STORAGE"] = state["storage_uri"]
-    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in out.items())
+    # A RAY_AUTH_TOKEN exported for another cluster would win over this cluster's token file.
+    return "\n".join(["unset RAY_AUTH_TOKEN", *(f"export {k}={shlex.quote(v)}" for k, v in out.items())])
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -705,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "env":
             print(env_lines(_require_up(args.state)))
         elif args.verb == "submit-command":
-            print("RAY_AUTH_MODE=token " + shlex.join(submit_command(_require_up(args.state), args.space, rest)))
+            print(submit_line(_require_up(args.state), args.space, rest))
     except ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

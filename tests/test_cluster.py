@@ -270,8 +270,10 @@ def test_plain_postgresql_uri_opens_the_optuna_storage_and_the_mlflow_store(post
     assert _sql(postgres, "mlflow", "SELECT key, value FROM metrics") == [("val_acc", 0.75)]
 
 
-def _ray_env() -> dict[str, str]:
-    return dict(os.environ, RAY_AUTH_MODE="token")
+def _ray_env(state: dict[str, Any]) -> dict[str, str]:
+    """The environment of Ray's CLI for this cluster: its own token, whatever HOME and the shell hold."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    return {**env, **cluster.client_env(state)}
 
 
 def _submit(state: dict[str, Any], args: list[str], *, wait: bool, timeout: float = 480) -> str:
@@ -279,7 +281,7 @@ def _submit(state: dict[str, Any], args: list[str], *, wait: bool, timeout: floa
     sid = f"lorsp-test-{secrets.token_hex(4)}"
     cmd = cluster.submit_command(state, extra=args, working_dir=str(REPO))
     cmd = [RAY, *cmd[1:3], "--submission-id", sid, *(["--no-wait"] if not wait else []), *cmd[3:]]
-    out = subprocess.run(cmd, env=_ray_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(cmd, env=_ray_env(state), cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"ray job submit failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return sid
 
@@ -352,15 +354,27 @@ def _read_trial_results(state: dict[str, Any], study: str) -> dict[str, list[dic
 
 
 @pytest.mark.slow
-def test_ray_job_submit_to_a_local_head():
-    """`ray start --head` (token auth), `ray job submit` of the quickstart study: SUCCEEDED; head stopped."""
+def test_ray_job_submit_to_a_local_head(tmp_path, monkeypatch):
+    """`ray start --head` (token auth), `ray job submit` of the quickstart study: SUCCEEDED; head stopped.
+
+    With HOME an empty folder, as on a fresh CI machine: `ray start` finds no ~/.ray/auth_token there
+    and does not make one, so the cluster must bring its own token to every node and client.
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # inherited by `up`'s nodes and by `ray job submit`
     folder = _state_folder("lorsp-head-")
     state = None
     try:
         state = cluster.up(folder, workers=0, head_cpus=2, services=False, object_store_mb=256, quiet=True)
+        token = cluster.token_file(state)
+        assert token.parent == folder and token.stat().st_mode & 0o777 == 0o600
         with pytest.raises(urllib.error.HTTPError) as refused:  # token auth is on
             urllib.request.urlopen(state["dashboard_url"] + "/api/jobs/", timeout=10)
         assert refused.value.code == 401
+        with urllib.request.urlopen(urllib.request.Request(state["dashboard_url"] + "/api/jobs/",
+                                                           headers=cluster.auth_headers(state)), timeout=10) as ok:
+            assert ok.status == 200  # the cluster's own token is the one its head checks
         sid = _submit(state, ["--set", "train.epochs=2", "--set", "data.max_train=200", "--num-samples", "2",
                               "--name", "head-only"], wait=True)
         assert cluster.job_info(state, sid)["status"] == "SUCCEEDED"
@@ -373,6 +387,7 @@ def test_ray_job_submit_to_a_local_head():
             cluster.down(folder, purge=True, quiet=True)
         shutil.rmtree(folder.parent, ignore_errors=True)
     assert state is not None and cluster.cluster_pids(state["id"]) == []
+    assert not (home / ".ray" / "auth_token").exists(), "the cluster used its own token, not one made in HOME"
 
 
 @pytest.fixture(scope="module")
@@ -443,7 +458,7 @@ def study_on_cluster():
                                               for t in stored_trials()),
                       400, state, running)
             stop = subprocess.run([RAY, "job", "stop", "--address", state["dashboard_url"], running],
-                                  env=_ray_env(), capture_output=True, text=True, timeout=120)
+                                  env=_ray_env(state), capture_output=True, text=True, timeout=120)
             assert stop.returncode == 0, stop.stderr[-2000:]
             out["stopped_status"] = cluster.job_info(state, running)["status"]
             if out["stopped_status"] != "SUCCEEDED":
