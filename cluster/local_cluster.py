@@ -30,6 +30,7 @@ The data (PostgreSQL, artifacts, Ray results and checkpoints under `runs/`) outl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -41,13 +42,15 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorsp.mlflow_server import answers, server_command, wait_until_up
 from lorsp.ports import free_port
+
+if TYPE_CHECKING:  # Ray is imported where it is used: `--help` and `down` answer without it
+    from ray.job_submission import JobSubmissionClient
 
 DEFAULT_STATE = "lorsp-cluster"
 STATE_FILE = "cluster.json"
@@ -591,8 +594,8 @@ def status(folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
                                  "cpus": node["cpus"], "gpus": node["gpus"]}
     report["dashboard"] = alive_ids is not None
     try:
-        report["jobs"] = [j for j in api_get(state, "/api/jobs/") if j.get("status") in ("PENDING", "RUNNING")]
-    except (urllib.error.URLError, OSError, ValueError):
+        report["jobs"] = [j for j in job_client(state).list_jobs() if j.status in ("PENDING", "RUNNING")]
+    except dashboard_errors():
         report["jobs"] = []
     if state.get("services"):
         report["postgres"] = _pg_ready(state)
@@ -605,26 +608,56 @@ def status(folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     return report
 
 
-def api_get(state: dict[str, Any], path: str, timeout: float = 10.0) -> Any:
-    """GET a Ray dashboard endpoint (jobs, nodes) with the auth token; the decoded JSON."""
-    request = urllib.request.Request(state["dashboard_url"] + path, headers=auth_headers(state))
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read().decode())
+# ---------------------------------------------------------------------------------------- Ray's clients
+@contextlib.contextmanager
+def _given_address_only() -> Iterator[None]:
+    """Ray's HTTP clients take RAY_API_SERVER_ADDRESS or RAY_ADDRESS over the address they are given
+    (and resolve it once, when built): a shell that `eval`ed another cluster's `env` must not turn
+    `status --state X` into a report on that other cluster."""
+    hidden = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
 
 
-def job_info(state: dict[str, Any], submission_id: str) -> dict[str, Any]:
-    """A job's record from the dashboard: `status` is PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
-    return api_get(state, f"/api/jobs/{submission_id}")
+def job_client(state: dict[str, Any]) -> JobSubmissionClient:
+    """Ray's job client on this cluster's dashboard, with its token: status, logs, stop, list of jobs."""
+    from ray.job_submission import JobSubmissionClient
+
+    with _given_address_only():
+        return JobSubmissionClient(state["dashboard_url"], headers=auth_headers(state))
+
+
+def list_state(state: dict[str, Any], resource: str, filters: list[tuple[str, str, Any]] | None = None,
+               timeout: int = 30) -> list[Any]:
+    """Ray's state API on this cluster: what `ray.util.state.list_nodes`/`list_actors` return, for
+    `resource` "nodes", "actors", ...; those functions take no headers, so their client is used directly."""
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    with _given_address_only():
+        client = StateApiClient(state["dashboard_url"], headers=auth_headers(state))
+    options = ListApiOptions(limit=10_000, timeout=timeout, filters=filters or [])
+    return client.list(StateResource(resource), options=options, raise_on_missing_output=False)
+
+
+def dashboard_errors() -> tuple[type[BaseException], ...]:
+    """What Ray's clients raise when the dashboard does not answer (yet), fails a request or refuses it."""
+    from ray.exceptions import AuthenticationError
+    from ray.util.state.exception import RayStateApiException
+
+    # OSError: refused connections (ConnectionError) and every `requests` failure; RuntimeError: an
+    # HTTP error status from the job API.
+    return (OSError, RuntimeError, AuthenticationError, RayStateApiException)
 
 
 def _ray_alive_node_ids(state: dict[str, Any]) -> set[str] | None:
     """Node ids the cluster lists as ALIVE; None when the dashboard does not answer."""
     try:
-        body = api_get(state, "/nodes?view=summary")
-    except (urllib.error.URLError, OSError, ValueError):
+        return {n.node_id for n in list_state(state, "nodes", [("state", "=", "ALIVE")], timeout=10)}
+    except dashboard_errors():
         return None
-    rows = (body.get("data") or {}).get("summary") or []
-    return {r["raylet"]["nodeId"] for r in rows if (r.get("raylet") or {}).get("state") == "ALIVE"}
 
 
 def _require_up(folder: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -766,7 +799,7 @@ def _print_status(folder: str | None) -> int:
         parts.append(f"MLflow {'answers' if report['mlflow'] else 'DOES NOT ANSWER'}")
     print("  " + "; ".join(parts))
     for job in report.get("jobs", []):
-        print(f"  job {job.get('submission_id')}  {job.get('status')}  {job.get('entrypoint', '')[:90]}")
+        print(f"  job {job.submission_id}  {job.status.value}  {job.entrypoint[:90]}")
     return 0 if report["ok"] else 1
 
 

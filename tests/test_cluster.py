@@ -286,10 +286,26 @@ def _submit(state: dict[str, Any], args: list[str], *, wait: bool, timeout: floa
     return sid
 
 
+_JOB_CLIENTS: dict[str, Any] = {}
+
+
+def _jobs(state: dict[str, Any]) -> Any:
+    """Ray's JobSubmissionClient for this cluster, built once (it checks the server's version twice)."""
+    url = state["dashboard_url"]
+    if url not in _JOB_CLIENTS:
+        _JOB_CLIENTS[url] = cluster.job_client(state)
+    return _JOB_CLIENTS[url]
+
+
+def _job_status(state: dict[str, Any], sid: str) -> str:
+    """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    return _jobs(state).get_job_status(sid).value
+
+
 def _job_logs(state: dict[str, Any], sid: str) -> str:
     try:
-        return cluster.api_get(state, f"/api/jobs/{sid}/logs").get("logs", "")[-4000:]
-    except (urllib.error.URLError, OSError, ValueError) as err:
+        return _jobs(state).get_job_logs(sid)[-4000:]
+    except cluster.dashboard_errors() as err:
         return f"(no logs: {err})"
 
 
@@ -300,8 +316,8 @@ def _wait(what: str, check: Callable[[], Any], timeout: float, state: dict[str, 
         if found:
             return found
         try:
-            status = cluster.job_info(state, sid)["status"]
-        except (urllib.error.URLError, OSError, ValueError):
+            status = _job_status(state, sid)
+        except cluster.dashboard_errors():
             status = None  # a dashboard slow to answer on a busy machine: ask again next round
         if status in ("FAILED", "STOPPED", "SUCCEEDED"):
             found = check()
@@ -377,7 +393,7 @@ def test_ray_job_submit_to_a_local_head(tmp_path, monkeypatch):
             assert ok.status == 200  # the cluster's own token is the one its head checks
         sid = _submit(state, ["--set", "train.epochs=2", "--set", "data.max_train=200", "--num-samples", "2",
                               "--name", "head-only"], wait=True)
-        assert cluster.job_info(state, sid)["status"] == "SUCCEEDED"
+        assert _job_status(state, sid) == "SUCCEEDED"
         import optuna
 
         stored = optuna.load_study(study_name="head-only", storage=f"sqlite:///{state['runs']}/optuna.db")
@@ -449,7 +465,7 @@ def study_on_cluster():
         _wait("the trial that lost its node to complete", victim_complete, 500, state, first)
         running = first
         for _ in range(3):
-            if cluster.job_info(state, running)["status"] not in ("PENDING", "RUNNING"):
+            if _job_status(state, running) not in ("PENDING", "RUNNING"):
                 out["total"] += 1
                 known = {t.number for t in stored_trials()}
                 running = _submit(state, [*study_args(out["total"]), "--resume"], wait=False)
@@ -460,7 +476,7 @@ def study_on_cluster():
             stop = subprocess.run([RAY, "job", "stop", "--address", state["dashboard_url"], running],
                                   env=_ray_env(state), capture_output=True, text=True, timeout=120)
             assert stop.returncode == 0, stop.stderr[-2000:]
-            out["stopped_status"] = cluster.job_info(state, running)["status"]
+            out["stopped_status"] = _job_status(state, running)
             if out["stopped_status"] != "SUCCEEDED":
                 break
             # The driver ran out of trials and ended on its own in the seconds `ray job stop` takes
@@ -468,7 +484,7 @@ def study_on_cluster():
         out["complete_before_resume"] = {t.number: t.values for t in stored_trials() if t.state.name == "COMPLETE"}
 
         second = _submit(state, [*study_args(out["total"]), "--resume"], wait=True)
-        out["second_status"] = cluster.job_info(state, second)["status"]
+        out["second_status"] = _job_status(state, second)
         out["second_logs"] = _job_logs(state, second)
         out["results"] = _trial_results(state, out["study"])
         out["trials"] = optuna.load_study(study_name=out["study"], storage=state["storage_uri"]).trials
@@ -487,9 +503,9 @@ def study_on_cluster():
     yield out
 
 
-def _live_actors(state: dict[str, Any]) -> list[dict[str, Any]]:
-    body = cluster.api_get(state, "/api/v0/actors?limit=10000&detail=false")
-    return [a for a in body["data"]["result"]["result"] if a.get("state") == "ALIVE"]
+def _live_actors(state: dict[str, Any]) -> list[Any]:
+    """Ray's own record of the actors alive now (ray.util.state's ActorState: class_name, node_id, ...)."""
+    return cluster.list_state(state, "actors", [("state", "=", "ALIVE")])
 
 
 def _mlflow_runs(uri: str, name: str) -> dict[str, Any]:
