@@ -300,7 +300,8 @@ def _pg_init(state: dict[str, Any], env: dict[str, str]) -> None:
     owner = _pg_owner()
     if owner:
         os.chown(root, *owner)
-        probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(root)], capture_output=True)
+        probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(root)],
+                               capture_output=True, check=False)
         if probe.returncode:
             raise ClusterError(f"the postgres user cannot write {root}: a parent folder is not traversable; "
                                "choose a --state folder under a world-readable path (e.g. /srv or /tmp)")
@@ -313,7 +314,7 @@ def _pg_init(state: dict[str, Any], env: dict[str, str]) -> None:
     try:
         out = subprocess.run(_pg_cmd([str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=scram-sha-256",
                                       f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"]),
-                             env=env, capture_output=True, text=True)
+                             env=env, capture_output=True, text=True, check=False)
     finally:
         pwfile.unlink(missing_ok=True)
     if out.returncode:
@@ -328,20 +329,20 @@ def _pg_start(state: dict[str, Any], env: dict[str, str]) -> None:
     bindir, root = Path(pg["bindir"]), Path(pg["root"])
     out = subprocess.run(_pg_cmd([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "postgres.log"),
                                   "-o", f"-p {pg['port']}", "-w", "-t", "60", "start"]),
-                         env=env, capture_output=True, text=True, start_new_session=True)
+                         env=env, capture_output=True, text=True, start_new_session=True, check=False)
     if out.returncode:
         raise ClusterError(f"PostgreSQL did not start: {(out.stderr or out.stdout).strip()[-300:]}\n"
                            f"{_tail(root / 'postgres.log')}")
     client_env = {**env, "PGPASSWORD": pg["password"]}
     for db in PG_DATABASES:
-        q = subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-U", PG_USER, "-d", "postgres",
-                            "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{db}'"],
-                           env=client_env, capture_output=True, text=True)
+        q = subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-U", PG_USER,
+                            "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{db}'"],
+                           env=client_env, capture_output=True, text=True, check=False)
         if q.returncode:
             raise ClusterError(f"cannot query PostgreSQL: {q.stderr.strip()}")
         if q.stdout.strip() != "1":
             c = subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-U", PG_USER, db],
-                               env=client_env, capture_output=True, text=True)
+                               env=client_env, capture_output=True, text=True, check=False)
             if c.returncode:
                 raise ClusterError(f"createdb {db} failed: {c.stderr.strip()}")
 
@@ -351,12 +352,13 @@ def _pg_stop(state: dict[str, Any]) -> None:
     if not pg or not (Path(pg["root"]) / "data" / "postmaster.pid").exists():
         return
     subprocess.run(_pg_cmd([str(Path(pg["bindir"]) / "pg_ctl"), "-D", str(Path(pg["root"]) / "data"), "-m", "fast",
-                            "-w", "-t", "30", "stop"]), capture_output=True, text=True)
+                            "-w", "-t", "30", "stop"]), capture_output=True, text=True, check=False)
 
 
 def _pg_ready(state: dict[str, Any]) -> bool:
     pg = state["postgres"]
-    out = subprocess.run([str(Path(pg["bindir"]) / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-q"])
+    out = subprocess.run([str(Path(pg["bindir"]) / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-q"],
+                         check=False)
     return out.returncode == 0
 
 
@@ -686,7 +688,7 @@ def submit_line(state: dict[str, Any], space: str = DEFAULT_SPACE, extra: list[s
 
 
 def describe(state: dict[str, Any]) -> str:
-    nodes = " + ".join(f"{name} ({n['cpus']:g} CPU{', %d GPU' % n['gpus'] if n['gpus'] else ''})"
+    nodes = " + ".join(f"{name} ({n['cpus']:g} CPU" + (f", {n['gpus']} GPU)" if n["gpus"] else ")")
                        for name, n in state["nodes"].items())
     lines = [
         f"lorsp local cluster up (state {state['state_dir']})",

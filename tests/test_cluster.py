@@ -12,6 +12,7 @@ are skipped here and fail in CI.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 import secrets
@@ -38,7 +39,7 @@ CLUSTER = REPO / "cluster"
 # The local-cluster tool is a script in cluster/, not part of the lorsp package: import it the way
 # `python cluster/local_cluster.py` (what local.sh runs) finds its modules, with its folder on sys.path.
 sys.path.insert(0, str(CLUSTER))
-import local_cluster as cluster  # noqa: E402
+cluster = importlib.import_module("local_cluster")
 
 KUBERAY = CLUSTER / "kuberay"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -57,6 +58,7 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 # ================================================================ the deployment files
 def test_launcher_config_passes_ray_validation():
+    import jsonschema  # Ray's schema check raises its errors
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     raw = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
@@ -78,7 +80,7 @@ def test_launcher_config_passes_ray_validation():
     # The check is real: a broken value is refused.
     bad = copy.deepcopy(raw)
     bad["available_node_types"]["ray.worker.gpu"]["resources"] = "GPU"
-    with pytest.raises(Exception):
+    with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(bad))
 
 
@@ -158,10 +160,11 @@ def test_services_compose_file():
     env = (CLUSTER / "services" / "env.example").read_text()
     assert "POSTGRES_PASSWORD=" in env and "MINIO_ROOT_PASSWORD=" in env
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode == 0:
         # The compose client checks the file without a running engine.
         out = subprocess.run([docker, "compose", "--env-file", str(CLUSTER / "services" / "env.example"), "-f",
-                              str(CLUSTER / "services" / "compose.yaml"), "config", "-q"], capture_output=True, text=True)
+                              str(CLUSTER / "services" / "compose.yaml"), "config", "-q"],
+                             capture_output=True, text=True, check=False)
         assert out.returncode == 0, out.stderr
 
 
@@ -171,8 +174,8 @@ def test_every_cluster_file_is_documented_and_the_script_runs():
         if path.is_file() and path.name not in ("README.md", ".gitignore") and "__pycache__" not in path.parts:
             assert str(path.relative_to(CLUSTER)) in readme, f"cluster/README.md does not mention {path.name}"
     script = CLUSTER / "local.sh"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0 and all(verb in out.stdout for verb in ("up", "status", "down", "kill-node"))
 
 
@@ -281,7 +284,8 @@ def _submit(state: dict[str, Any], args: list[str], *, wait: bool, timeout: floa
     sid = f"lorsp-test-{secrets.token_hex(4)}"
     cmd = cluster.submit_command(state, extra=args, working_dir=str(REPO))
     cmd = [RAY, *cmd[1:3], "--submission-id", sid, *(["--no-wait"] if not wait else []), *cmd[3:]]
-    out = subprocess.run(cmd, env=_ray_env(state), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(cmd, env=_ray_env(state), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                         check=False)
     assert out.returncode == 0, f"ray job submit failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return sid
 
@@ -481,7 +485,7 @@ def study_on_cluster():
                                               for t in stored_trials()),
                       400, state, running)
             stop = subprocess.run([RAY, "job", "stop", "--address", state["dashboard_url"], running],
-                                  env=_ray_env(state), capture_output=True, text=True, timeout=120)
+                                  env=_ray_env(state), capture_output=True, text=True, timeout=120, check=False)
             assert stop.returncode == 0, stop.stderr[-2000:]
             out["stopped_status"] = _job_status(state, running)
             # What the stop left unfinished: WAITING when the driver put its trials back in the queue,
