@@ -70,6 +70,10 @@ HEALTH_CHECK_ENV = {
     "RAY_health_check_timeout_ms": "3000",
     "RAY_health_check_failure_threshold": "8",
 }
+# `ray job stop` sends the study driver SIGTERM and, by Ray's default, SIGKILL 3 s later: too soon for
+# lorsp.tune to stop its trials, put them back in the Optuna queue and close their MLflow runs. The
+# head's job supervisor waits this long instead; a driver that ends sooner is not kept waiting.
+JOB_STOP_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "60"}
 
 
 class ClusterError(RuntimeError):
@@ -495,7 +499,7 @@ def up(folder: str | os.PathLike[str] | None = None, *, workers: int = 2, head_c
             _pg_start(state, env)
             mlflow = _mlflow_start(state, env)  # its schema migrations run while Ray starts
         head = _start_node(state, "head", head=True, cpus=head_cpus, gpus=0, object_store_mb=object_store_mb,
-                           env_extra=HEALTH_CHECK_ENV)
+                           env_extra={**HEALTH_CHECK_ENV, **JOB_STOP_ENV})
         state["nodes"]["head"] = {**_finish_node(state, "head", head), "cpus": head_cpus, "gpus": 0}
         state["ray_address"] = f"{state['ip']}:{state['ports']['gcs']}"
         starting = {f"w{i}": _start_node(state, f"w{i}", head=False, cpus=worker_cpus, gpus=worker_gpus,

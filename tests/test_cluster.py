@@ -471,17 +471,18 @@ def study_on_cluster():
         running = first
         for _ in range(3):
             if _job_status(state, running) in active:
-                # Stop the driver only while it has a trial to interrupt (or once it has ended).
-                _wait("a running trial to interrupt",
+                # Stop the driver while a trial runs that has a checkpoint and epochs still to go, so
+                # that the resumed trial must continue from it (or once the driver has ended).
+                _wait("a running trial with a checkpoint to interrupt",
                       lambda sid=running: (_job_status(state, sid) not in active
-                                           or any(t.state.name == "RUNNING" for t in stored_trials())),
+                                           or any(_checkpointed_midway(t) for t in stored_trials())),
                       400, state, running)
             if _job_status(state, running) not in active:
                 out["total"] += 1
                 known = {t.number for t in stored_trials()}
                 running = _submit(state, [*study_args(out["total"]), "--resume"], wait=False)
-                _wait("a trial of the extended study to start",
-                      lambda known=known: any(t.number not in known and t.state.name == "RUNNING"
+                _wait("a trial of the extended study to checkpoint an epoch",
+                      lambda known=known: any(t.number not in known and _checkpointed_midway(t)
                                               for t in stored_trials()),
                       400, state, running)
             stop = subprocess.run([RAY, "job", "stop", "--address", state["dashboard_url"], running],
@@ -493,10 +494,10 @@ def study_on_cluster():
             # epoch of their last checkpoint, where the resumed trial must continue.
             out["unfinished_at_stop"] = {t.number: (t.state.name, int(t.user_attrs.get("epochs_done", 0) or 0))
                                          for t in stored_trials() if t.state.name in ("RUNNING", "WAITING")}
-            if out["stopped_status"] == "STOPPED" and out["unfinished_at_stop"]:
+            if out["stopped_status"] == "STOPPED" and any(e >= 1 for _, e in out["unfinished_at_stop"].values()):
                 break
-            # The driver ended on its own, or its trials did, in the seconds `ray job stop` takes:
-            # nothing was interrupted. Extend the study by a trial and stop that driver.
+            # The driver ended on its own, or its checkpointed trials did, in the seconds `ray job stop`
+            # takes: nothing with a checkpoint was interrupted. Extend the study by a trial and stop again.
         out["complete_before_resume"] = {t.number: t.values for t in stored_trials() if t.state.name == "COMPLETE"}
 
         second = _submit(state, [*study_args(out["total"]), "--resume"], wait=True)
@@ -518,6 +519,11 @@ def study_on_cluster():
     print(f"\nmulti-node study on the local cluster: {out['wall_s']:.0f}s wall (up to down); "
           f"unfinished at the stop (number: state, epoch): {out.get('unfinished_at_stop')}", file=sys.stderr)
     yield out
+
+
+def _checkpointed_midway(trial: Any) -> bool:
+    """A RUNNING Optuna trial with a checkpoint of at least one epoch and at least two epochs to go."""
+    return trial.state.name == "RUNNING" and 1 <= int(trial.user_attrs.get("epochs_done", 0) or 0) <= EPOCHS - 2
 
 
 def _live_actors(state: dict[str, Any]) -> list[Any]:
@@ -630,7 +636,10 @@ def test_stopped_driver_resumes_and_nothing_is_lost_or_recorded_twice(study_on_c
     assert all(t.state.name == "COMPLETE" for t in trials), table  # nothing RUNNING, WAITING or FAIL left
     # Every trial the stop left unfinished was resumed under its own number, and only those were.
     unfinished = out["unfinished_at_stop"]
-    assert unfinished, "the stop interrupted no trial"
+    assert any(epoch >= 1 for _, epoch in unfinished.values()), f"no checkpointed trial was interrupted: {unfinished}"
+    # `ray job stop` let the driver put its trials back in the queue itself (cluster/local_cluster.py's
+    # JOB_STOP_ENV) rather than leave them RUNNING for --resume to recover.
+    assert {st for st, _ in unfinished.values()} == {"WAITING"}, unfinished
     resumed = {t.number for t in trials if int(t.user_attrs.get("interruptions", 0)) >= 1}
     assert resumed == set(unfinished), (resumed, unfinished)
     # A resumed trial continues after the epoch of its last checkpoint, never from epoch 1 again.
