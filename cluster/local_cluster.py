@@ -17,6 +17,10 @@ What `up` starts, all under one state folder (default `./lorsp-cluster/`):
 * an **MLflow tracking server** on 127.0.0.1 backed by that PostgreSQL, serving artifacts from a
   folder in the state folder.
 
+Token auth is on, with the cluster's own token in the state folder (`auth_token`), passed to every
+node, job and client as RAY_AUTH_TOKEN_PATH; the dashboard is reached through Ray's own clients
+(`JobSubmissionClient`, the state API's `StateApiClient`) given that token.
+
 Every process it starts carries `LORSP_CLUSTER_ID=<id>` (and `LORSP_CLUSTER_NODE=<node>`) in its
 environment, inherited by everything Ray forks from it (raylets, workers, job drivers). `down` and
 `kill-node` find their processes by that mark, never by a process name, so Ray clusters of other
