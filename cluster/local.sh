@@ -14,7 +14,7 @@
 #
 # State (ports, databases, artifacts, checkpoints) lives in ./lorsp-cluster/ (--state DIR or
 # $LORSP_CLUSTER_STATE to change it). This script only finds the Python that has lorsp installed
-# and runs `python -m lorsp.cluster`, which does the work.
+# and runs cluster/local_cluster.py with it, which does the work.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
@@ -27,8 +27,8 @@ elif [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/python" ]]; then
 else
   py="$(command -v python3 || command -v python)"
 fi
-if ! "$py" -c "import lorsp.cluster" 2>/dev/null; then
+if ! "$py" -c "import lorsp.mlflow_server, lorsp.ports" 2>/dev/null; then
   echo "error: $py cannot import lorsp; install it first: python -m pip install -e \"$repo\" (or set LORSP_PYTHON)" >&2
   exit 1
 fi
-exec "$py" -m lorsp.cluster "$@"
+exec "$py" "$here/local_cluster.py" "$@"

@@ -29,6 +29,7 @@ from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.errors import DataError
 from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY, outcome_of
 from lorsp.pareto import TrialRecord
+from lorsp.ports import free_port
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 """Only the head node has it: trial drivers (and so their Ray Train controllers) stay there, and a
@@ -270,7 +271,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     pinned = os.environ.get("RAY_GCS_SERVER_PORT")
     if local:
         print("starting an embedded local Ray (pass --address to use a cluster)", flush=True)
-        port = _free_port()
+        port = free_port()
         env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
@@ -282,14 +283,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                 os.environ.pop("RAY_GCS_SERVER_PORT", None)
             else:
                 os.environ["RAY_GCS_SERVER_PORT"] = pinned
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
 
 
 class Interruption:

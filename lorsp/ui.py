@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from lorsp.config import ConfigError
-
-
-def server_command(backend: str, artifacts: Path, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The `mlflow server` command line for a backend store and an artifact folder."""
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-            "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port), "--workers", "1"]
+from lorsp.mlflow_server import server_command, wait_until_up
+from lorsp.ports import port_free
 
 
 def backend_for(root: str | None, tracking_uri: str | None) -> tuple[str, Path]:
@@ -34,33 +28,6 @@ def backend_for(root: str | None, tracking_uri: str | None) -> tuple[str, Path]:
     if not db.is_file():
         raise ConfigError(f"no MLflow store at {db}; run a study first (python -m lorsp.tune) or pass --root DIR")
     return f"sqlite:///{db}", base / "mlartifacts"
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def wait_until_up(url: str, process: subprocess.Popen | None, timeout: float) -> bool:
-    """Poll `url/health` until it answers (True), the process dies or the time is up (False)."""
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            return False
-        try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                return True
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

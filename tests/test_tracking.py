@@ -60,7 +60,7 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Server":
-        from lorsp.ui import server_command
+        from lorsp.mlflow_server import server_command
 
         self.folder.mkdir(parents=True, exist_ok=True)
         log = (self.folder / f"server-{self.port}.log").open("w")
@@ -72,7 +72,7 @@ class Server:
         return self
 
     def wait(self, timeout: float = 240.0) -> "Server":
-        from lorsp.ui import wait_until_up
+        from lorsp.mlflow_server import wait_until_up
 
         if not wait_until_up(self.uri, self.process, timeout):
             self.kill()

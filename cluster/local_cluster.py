@@ -1,4 +1,9 @@
-"""`python -m lorsp.cluster up|status|down`: a multi-node Ray cluster with its services, on one machine.
+"""`cluster/local.sh up|status|down`: a multi-node Ray cluster with its services, on one machine.
+
+Deployment tooling, not part of the `lorsp` library: it lives with the other deployments in `cluster/`
+and runs as a script (`python cluster/local_cluster.py`, which `local.sh` calls with the repository's
+Python). It uses lorsp only for what the library itself needs too: `lorsp.ports` and
+`lorsp.mlflow_server`.
 
 What `up` starts, all under one state folder (default `./lorsp-cluster/`):
 
@@ -11,6 +16,10 @@ What `up` starts, all under one state folder (default `./lorsp-cluster/`):
   and `optuna` (the Optuna study storage);
 * an **MLflow tracking server** on 127.0.0.1 backed by that PostgreSQL, serving artifacts from a
   folder in the state folder.
+
+Token auth is on, with the cluster's own token in the state folder (`auth_token`), passed to every
+node, job and client as RAY_AUTH_TOKEN_PATH; the dashboard is reached through Ray's own clients
+(`JobSubmissionClient`, the state API's `StateApiClient`) given that token.
 
 Every process it starts carries `LORSP_CLUSTER_ID=<id>` (and `LORSP_CLUSTER_NODE=<node>`) in its
 environment, inherited by everything Ray forks from it (raylets, workers, job drivers). `down` and
@@ -25,6 +34,7 @@ The data (PostgreSQL, artifacts, Ray results and checkpoints under `runs/`) outl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -33,17 +43,22 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from lorsp.mlflow_server import answers, server_command, wait_until_up
+from lorsp.ports import free_port
+
+if TYPE_CHECKING:  # Ray is imported where it is used: `--help` and `down` answer without it
+    from ray.job_submission import JobSubmissionClient
 
 DEFAULT_STATE = "lorsp-cluster"
 STATE_FILE = "cluster.json"
+TOKEN_FILE = "auth_token"
 ID_VAR = "LORSP_CLUSTER_ID"
 NODE_VAR = "LORSP_CLUSTER_NODE"
 PG_USER = "lorsp"
@@ -59,6 +74,10 @@ HEALTH_CHECK_ENV = {
     "RAY_health_check_timeout_ms": "3000",
     "RAY_health_check_failure_threshold": "8",
 }
+# `ray job stop` sends the study driver SIGTERM and, by Ray's default, SIGKILL 3 s later: too soon for
+# lorsp.tune to stop its trials, put them back in the Optuna queue and close their MLflow runs. The
+# head's job supervisor waits this long instead; a driver that ends sooner is not kept waiting.
+JOB_STOP_ENV = {"RAY_JOB_STOP_WAIT_TIME_S": "60"}
 
 
 class ClusterError(RuntimeError):
@@ -85,16 +104,48 @@ def _save_state(state: dict[str, Any]) -> None:
     tmp.replace(file)
 
 
+def token_file(state: dict[str, Any]) -> Path:
+    """The cluster's own Ray auth token, in its state folder.
+
+    Every node, job and client of this cluster reads it (RAY_AUTH_TOKEN_PATH) instead of
+    ~/.ray/auth_token: `ray start` refuses token auth without a token and does not create one, so a
+    cluster that relied on the user's home folder failed on a fresh machine (CI, an empty HOME), and
+    it never touches a token the user keeps for other clusters. It outlives `down` (a shell that
+    exported it stays valid for the next `up`) and goes with `down --purge`.
+    """
+    return Path(state["state_dir"]) / TOKEN_FILE
+
+
+def _ensure_token(root: Path) -> None:
+    """Create the cluster's token once, readable by its owner only (256 random bits, as Ray's own)."""
+    file = root / TOKEN_FILE
+    if file.is_file() and file.read_text().strip():
+        return
+    tmp = file.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(secrets.token_hex(32))
+    tmp.replace(file)
+
+
+def client_env(state: dict[str, Any]) -> dict[str, str]:
+    """What a Ray client of this cluster (`ray job submit`, `ray job stop`, a job's `ray.init`) needs."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file(state))}
+
+
+def auth_headers(state: dict[str, Any]) -> dict[str, str]:
+    """The header that Ray's HTTP clients (jobs, state API) send to this cluster's dashboard.
+
+    Given to them explicitly: left alone they take the token of whatever Ray this process saw first
+    (a process-wide cache), which is not this cluster's when a test or a shell talks to several.
+    """
+    return {"Authorization": f"Bearer {token_file(state).read_text().strip()}"}
+
+
 def _ray_temp_root(folder: Path) -> Path:
     """Ray's per-node temp dirs: short, because Ray's unix socket paths must stay under 107 bytes."""
     digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
     return Path("/tmp") / f"lorsp-ray-{digest}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------- processes
@@ -198,10 +249,11 @@ def _tail(file: Path, lines: int = 15) -> str:
 
 
 def _base_env(state: dict[str, Any], node: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", ID_VAR, NODE_VAR)}
+    # RAY_AUTH_TOKEN would win over the cluster's token file: a token exported for another cluster.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", ID_VAR, NODE_VAR)}
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # `python` in a job = this interpreter
-    env.setdefault("RAY_AUTH_MODE", "token")
+    env.update(client_env(state))  # token auth, always, with the cluster's own token
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     # Ray's own helpers (Train's placement-group cleaner, the state API) find "the" cluster on their
     # own and fail when another Ray runs on this machine: point them at ours.
@@ -256,7 +308,8 @@ def _pg_init(state: dict[str, Any], env: dict[str, str]) -> None:
     owner = _pg_owner()
     if owner:
         os.chown(root, *owner)
-        probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(root)], capture_output=True)
+        probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(root)],
+                               capture_output=True, check=False)
         if probe.returncode:
             raise ClusterError(f"the postgres user cannot write {root}: a parent folder is not traversable; "
                                "choose a --state folder under a world-readable path (e.g. /srv or /tmp)")
@@ -269,14 +322,14 @@ def _pg_init(state: dict[str, Any], env: dict[str, str]) -> None:
     try:
         out = subprocess.run(_pg_cmd([str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=scram-sha-256",
                                       f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C"]),
-                             env=env, capture_output=True, text=True)
+                             env=env, capture_output=True, text=True, check=False)
     finally:
         pwfile.unlink(missing_ok=True)
     if out.returncode:
         raise ClusterError(f"initdb failed: {(out.stderr or out.stdout).strip()[-500:]}")
     with open(data / "postgresql.conf", "a") as conf:
         # TCP on loopback only; no unix socket (its path would be too long inside a deep state folder).
-        conf.write("\n# lorsp.cluster\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n")
+        conf.write("\n# cluster/local.sh\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n")
 
 
 def _pg_start(state: dict[str, Any], env: dict[str, str]) -> None:
@@ -284,20 +337,20 @@ def _pg_start(state: dict[str, Any], env: dict[str, str]) -> None:
     bindir, root = Path(pg["bindir"]), Path(pg["root"])
     out = subprocess.run(_pg_cmd([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "postgres.log"),
                                   "-o", f"-p {pg['port']}", "-w", "-t", "60", "start"]),
-                         env=env, capture_output=True, text=True, start_new_session=True)
+                         env=env, capture_output=True, text=True, start_new_session=True, check=False)
     if out.returncode:
         raise ClusterError(f"PostgreSQL did not start: {(out.stderr or out.stdout).strip()[-300:]}\n"
                            f"{_tail(root / 'postgres.log')}")
     client_env = {**env, "PGPASSWORD": pg["password"]}
     for db in PG_DATABASES:
-        q = subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-U", PG_USER, "-d", "postgres",
-                            "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{db}'"],
-                           env=client_env, capture_output=True, text=True)
+        q = subprocess.run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-U", PG_USER,
+                            "-d", "postgres", "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{db}'"],
+                           env=client_env, capture_output=True, text=True, check=False)
         if q.returncode:
             raise ClusterError(f"cannot query PostgreSQL: {q.stderr.strip()}")
         if q.stdout.strip() != "1":
             c = subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-U", PG_USER, db],
-                               env=client_env, capture_output=True, text=True)
+                               env=client_env, capture_output=True, text=True, check=False)
             if c.returncode:
                 raise ClusterError(f"createdb {db} failed: {c.stderr.strip()}")
 
@@ -307,12 +360,13 @@ def _pg_stop(state: dict[str, Any]) -> None:
     if not pg or not (Path(pg["root"]) / "data" / "postmaster.pid").exists():
         return
     subprocess.run(_pg_cmd([str(Path(pg["bindir"]) / "pg_ctl"), "-D", str(Path(pg["root"]) / "data"), "-m", "fast",
-                            "-w", "-t", "30", "stop"]), capture_output=True, text=True)
+                            "-w", "-t", "30", "stop"]), capture_output=True, text=True, check=False)
 
 
 def _pg_ready(state: dict[str, Any]) -> bool:
     pg = state["postgres"]
-    out = subprocess.run([str(Path(pg["bindir"]) / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-q"])
+    out = subprocess.run([str(Path(pg["bindir"]) / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg["port"]), "-q"],
+                         check=False)
     return out.returncode == 0
 
 
@@ -325,33 +379,16 @@ def pg_uri(state: dict[str, Any], db: str) -> str:
 def _mlflow_start(state: dict[str, Any], env: dict[str, str]) -> subprocess.Popen:
     folder = Path(state["state_dir"])
     (folder / "artifacts").mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", pg_uri(state, "mlflow"),
-           "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
-           "--port", str(state["ports"]["mlflow"]), "--workers", "1"]
+    cmd = server_command(pg_uri(state, "mlflow"), folder / "artifacts", state["ports"]["mlflow"])
     with open(folder / "logs" / "mlflow.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
 def _wait_mlflow(state: dict[str, Any], proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    url = f"{state['tracking_uri']}/health"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _http_ok(url):
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    log = Path(state["state_dir"]) / "logs" / "mlflow.log"
-    raise ClusterError(f"the MLflow server did not come up on {state['tracking_uri']}; see {log}:\n{_tail(log)}")
+    if not wait_until_up(state["tracking_uri"], proc, timeout):
+        log = Path(state["state_dir"]) / "logs" / "mlflow.log"
+        raise ClusterError(f"the MLflow server did not come up on {state['tracking_uri']}; see {log}:\n{_tail(log)}")
 
 
 # ---------------------------------------------------------------------------------------- Ray nodes
@@ -434,9 +471,10 @@ def up(folder: str | os.PathLike[str] | None = None, *, workers: int = 2, head_c
         raise ClusterError("PostgreSQL is not installed (no initdb): `apt-get install -y postgresql`, "
                            "or pass --no-services for a Ray-only cluster")
     root.mkdir(parents=True, exist_ok=True)
-    (root / ".gitignore").write_text("# state of `python -m lorsp.cluster`: never commit, never upload\n*\n")
+    (root / ".gitignore").write_text("# state of cluster/local.sh: never commit, never upload\n*\n")
     (root / "logs").mkdir(exist_ok=True)
     (root / "runs").mkdir(exist_ok=True)
+    _ensure_token(root)
     state: dict[str, Any] = {
         "state_dir": str(root), "id": (old or {}).get("id") or secrets.token_hex(6),
         "ray_temp": str(_ray_temp_root(root)), "running": True, "services": services,
@@ -465,7 +503,7 @@ def up(folder: str | os.PathLike[str] | None = None, *, workers: int = 2, head_c
             _pg_start(state, env)
             mlflow = _mlflow_start(state, env)  # its schema migrations run while Ray starts
         head = _start_node(state, "head", head=True, cpus=head_cpus, gpus=0, object_store_mb=object_store_mb,
-                           env_extra=HEALTH_CHECK_ENV)
+                           env_extra={**HEALTH_CHECK_ENV, **JOB_STOP_ENV})
         state["nodes"]["head"] = {**_finish_node(state, "head", head), "cpus": head_cpus, "gpus": 0}
         state["ray_address"] = f"{state['ip']}:{state['ports']['gcs']}"
         starting = {f"w{i}": _start_node(state, f"w{i}", head=False, cpus=worker_cpus, gpus=worker_gpus,
@@ -566,12 +604,12 @@ def status(folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
                                  "cpus": node["cpus"], "gpus": node["gpus"]}
     report["dashboard"] = alive_ids is not None
     try:
-        report["jobs"] = [j for j in api_get(state, "/api/jobs/") if j.get("status") in ("PENDING", "RUNNING")]
-    except (urllib.error.URLError, OSError, ValueError):
+        report["jobs"] = [j for j in job_client(state).list_jobs() if j.status in ("PENDING", "RUNNING")]
+    except dashboard_errors():
         report["jobs"] = []
     if state.get("services"):
         report["postgres"] = _pg_ready(state)
-        report["mlflow"] = _http_ok(state["tracking_uri"] + "/health")
+        report["mlflow"] = answers(state["tracking_uri"])
     ok = report["processes"] > 0 and report.get("postgres", True) and report.get("mlflow", True)
     for name, n in report["nodes"].items():
         if state["nodes"][name].get("alive", True):  # a node lost on purpose (`kill-node`) does not count
@@ -580,40 +618,56 @@ def status(folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     return report
 
 
-def ray_token() -> str | None:
-    """The token `ray job submit` would send: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+# ---------------------------------------------------------------------------------------- Ray's clients
+@contextlib.contextmanager
+def _given_address_only() -> Iterator[None]:
+    """Ray's HTTP clients take RAY_API_SERVER_ADDRESS or RAY_ADDRESS over the address they are given
+    (and resolve it once, when built): a shell that `eval`ed another cluster's `env` must not turn
+    `status --state X` into a report on that other cluster."""
+    hidden = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
     try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
+        yield
+    finally:
+        os.environ.update(hidden)
 
 
-def api_get(state: dict[str, Any], path: str, timeout: float = 10.0) -> Any:
-    """GET a Ray dashboard endpoint (jobs, nodes) with the auth token; the decoded JSON."""
-    request = urllib.request.Request(state["dashboard_url"] + path)
-    token = ray_token()
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read().decode())
+def job_client(state: dict[str, Any]) -> JobSubmissionClient:
+    """Ray's job client on this cluster's dashboard, with its token: status, logs, stop, list of jobs."""
+    from ray.job_submission import JobSubmissionClient
+
+    with _given_address_only():
+        return JobSubmissionClient(state["dashboard_url"], headers=auth_headers(state))
 
 
-def job_info(state: dict[str, Any], submission_id: str) -> dict[str, Any]:
-    """A job's record from the dashboard: `status` is PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
-    return api_get(state, f"/api/jobs/{submission_id}")
+def list_state(state: dict[str, Any], resource: str, filters: list[tuple[str, str, Any]] | None = None,
+               timeout: int = 30) -> list[Any]:
+    """Ray's state API on this cluster: what `ray.util.state.list_nodes`/`list_actors` return, for
+    `resource` "nodes", "actors", ...; those functions take no headers, so their client is used directly."""
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    with _given_address_only():
+        client = StateApiClient(state["dashboard_url"], headers=auth_headers(state))
+    options = ListApiOptions(limit=10_000, timeout=timeout, filters=filters or [])
+    return client.list(StateResource(resource), options=options, raise_on_missing_output=False)
+
+
+def dashboard_errors() -> tuple[type[BaseException], ...]:
+    """What Ray's clients raise when the dashboard does not answer (yet), fails a request or refuses it."""
+    from ray.exceptions import AuthenticationError
+    from ray.util.state.exception import RayStateApiException
+
+    # OSError: refused connections (ConnectionError) and every `requests` failure; RuntimeError: an
+    # HTTP error status from the job API.
+    return (OSError, RuntimeError, AuthenticationError, RayStateApiException)
 
 
 def _ray_alive_node_ids(state: dict[str, Any]) -> set[str] | None:
     """Node ids the cluster lists as ALIVE; None when the dashboard does not answer."""
     try:
-        body = api_get(state, "/nodes?view=summary")
-    except (urllib.error.URLError, OSError, ValueError):
+        return {n.node_id for n in list_state(state, "nodes", [("state", "=", "ALIVE")], timeout=10)}
+    except dashboard_errors():
         return None
-    rows = (body.get("data") or {}).get("summary") or []
-    return {r["raylet"]["nodeId"] for r in rows if (r.get("raylet") or {}).get("state") == "ALIVE"}
 
 
 def _require_up(folder: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -635,8 +689,14 @@ def submit_command(state: dict[str, Any], space: str = DEFAULT_SPACE, extra: lis
     return cmd
 
 
+def submit_line(state: dict[str, Any], space: str = DEFAULT_SPACE, extra: list[str] | None = None) -> str:
+    """The shell line that submits a study: `ray job submit` with the cluster's token in its environment."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in client_env(state).items())
+    return f"{env} {shlex.join(submit_command(state, space, extra))}"
+
+
 def describe(state: dict[str, Any]) -> str:
-    nodes = " + ".join(f"{name} ({n['cpus']:g} CPU{', %d GPU' % n['gpus'] if n['gpus'] else ''})"
+    nodes = " + ".join(f"{name} ({n['cpus']:g} CPU" + (f", {n['gpus']} GPU)" if n["gpus"] else ")")
                        for name, n in state["nodes"].items())
     lines = [
         f"lorsp local cluster up (state {state['state_dir']})",
@@ -653,11 +713,11 @@ def describe(state: dict[str, Any]) -> str:
         f"  runs folder    {state['runs']}   (Ray results and trial checkpoints)",
         "",
         "run the quickstart study on it (from the repository root):",
-        "  RAY_AUTH_MODE=token " + shlex.join(submit_command(state)),
+        "  " + submit_line(state),
         "",
-        "watch it: the dashboard (Jobs, Cluster) and the MLflow UI above; `python -m lorsp.cluster status`.",
+        "watch it: the dashboard (Jobs, Cluster) and the MLflow UI above; `cluster/local.sh status`.",
         "continue an interrupted study: the same command with --resume.",
-        "stop: python -m lorsp.cluster down" + (f" --state {state['state_dir']}" if _non_default(state) else ""),
+        "stop: cluster/local.sh down" + (f" --state {state['state_dir']}" if _non_default(state) else ""),
     ]
     return "\n".join(lines)
 
@@ -667,16 +727,18 @@ def _non_default(state: dict[str, Any]) -> bool:
 
 
 def env_lines(state: dict[str, Any]) -> str:
-    out = {"RAY_AUTH_MODE": "token", "RAY_ADDRESS": state["ray_address"], "RAY_API_SERVER_ADDRESS": state["dashboard_url"]}
+    """Shell lines that point Ray's CLI and lorsp at this cluster (`eval "$(cluster/local.sh env)"`)."""
+    out = {**client_env(state), "RAY_ADDRESS": state["ray_address"], "RAY_API_SERVER_ADDRESS": state["dashboard_url"]}
     if state.get("services"):
         out["MLFLOW_TRACKING_URI"] = state["tracking_uri"]
         out["LORSP_STORAGE"] = state["storage_uri"]
-    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in out.items())
+    # A RAY_AUTH_TOKEN exported for another cluster would win over this cluster's token file.
+    return "\n".join(["unset RAY_AUTH_TOKEN", *(f"export {k}={shlex.quote(v)}" for k, v in out.items())])
 
 
 # ---------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lorsp.cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cluster/local.sh", description=__doc__.splitlines()[0])
     state_help = f"state folder (default: $LORSP_CLUSTER_STATE or ./{DEFAULT_STATE})"
     parser.add_argument("--state", help=state_help)
     common = argparse.ArgumentParser(add_help=False)
@@ -721,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "env":
             print(env_lines(_require_up(args.state)))
         elif args.verb == "submit-command":
-            print("RAY_AUTH_MODE=token " + shlex.join(submit_command(_require_up(args.state), args.space, rest)))
+            print(submit_line(_require_up(args.state), args.space, rest))
     except ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -747,7 +809,7 @@ def _print_status(folder: str | None) -> int:
         parts.append(f"MLflow {'answers' if report['mlflow'] else 'DOES NOT ANSWER'}")
     print("  " + "; ".join(parts))
     for job in report.get("jobs", []):
-        print(f"  job {job.get('submission_id')}  {job.get('status')}  {job.get('entrypoint', '')[:90]}")
+        print(f"  job {job.submission_id}  {job.status.value}  {job.entrypoint[:90]}")
     return 0 if report["ok"] else 1
 
 
