@@ -15,6 +15,9 @@ QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
 
 # Keep torch from spreading one test over every core while Ray runs beside it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tests never download: say so before huggingface_hub reads it (at its import), so a test of the
+# offline error path fails at once instead of waiting on the network's timeouts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture

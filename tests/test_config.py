@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -86,14 +84,15 @@ def test_malformed_yaml_names_line(tmp_path: Path):
 
 
 @pytest.mark.parametrize("module", ["lorsp.train", "lorsp.tune"])
-def test_cli_exit_code_2_without_traceback(write_study, module):
+def test_cli_exit_code_2_without_traceback(write_study, module, capsys):
+    import importlib
+
     path = write_study({"prompt.method": "lorsq"})
     flag = "--config" if module == "lorsp.train" else "--space"
-    proc = subprocess.run([sys.executable, "-m", module, flag, str(path)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert importlib.import_module(module).main([flag, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "prompt.method" in lines[0]
 
 
