@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import dataclass
 
+import pytest
+import torch
+
+from lorsp.config import load_study
+from lorsp.data import BatchIterator, load_splits_for
+from lorsp.evaluation import evaluate
+from lorsp.model import build_model
 from lorsp.prompts import PROMPTERS, create_prompter
 from lorsp.prompts.energy import PJ_PER_AC, PJ_PER_MAC, EnergyOps
+from tests.conftest import QUICKSTART
+
+TINY = ["train.epochs=1", "data.max_train=96", "data.batch_size=32", "data.image_size=8",
+        "backbone.model=vit_micro_patch4_16", "backbone.pretrained=false"]
 
 
 def test_horowitz_figures():
@@ -62,3 +73,42 @@ def test_lorsp_factor_mode_formula_by_hand():
     ops = prompter.energy_ops(0.5)
     assert ops == EnergyOps(macs=24.0, acs=336.0)
     assert ops.nanojoules() == pytest.approx(0.4128)
+
+
+@dataclass
+class _Ctx:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+
+@pytest.mark.parametrize("mode", ["pixel", "factor"])
+def test_evaluation_prices_the_spikes_it_measured(mode: str):
+    """A LoRSP whose neurons all fire at every step (current I = 2, τ = 2: h = I/τ = 1 ≥ V_th = 0.5
+    from a reset membrane): the +I population always fires, the −I one never, so ρ = ½ exactly,
+    and the energy the evaluation reports is the hand formula at ρ = ½."""
+    study = load_study(QUICKSTART, [*TINY, "prompt.method=lorsp", "prompt.factors=2", "prompt.threshold=0.5",
+                                    "prompt.decay=0.5", "prompt.timesteps=3", "prompt.rank=1",
+                                    f"prompt.lorsp_mode={mode}"]).resolved()
+    split = load_splits_for(study.data).val
+    model = build_model(study, 10)
+    p = model.prompter
+    with torch.no_grad():
+        p.B.fill_(2.0)
+        p.A.fill_(1.0)  # P_k = B_k·A_k = 2 everywhere
+        if mode == "pixel":
+            p.beta.zero_()
+        else:
+            p.gate_weight.zero_()
+            p.gate_bias.fill_(2.0)
+    batches = BatchIterator(split, batch_size=16, image_size=8)
+    result = evaluate(model, iter(batches), _Ctx(torch.device("cpu")), amp=False)
+    assert result["firing_rate"] == 0.5
+    L, K, T = 8, 2, 3
+    if mode == "pixel":
+        macs, acs = K * 3 * L * L * (1 + T), 0.5 * 2 * K * 3 * L * L * T
+    else:
+        macs, acs = K * 3 * (1 + T), 3 * L * L + 0.5 * 2 * K * 3 * T * L * L
+        assert result["silent_gates"] == 0.0
+    assert result["prompt_energy_nj"] == pytest.approx((4.6 * macs + 0.9 * acs) / 1000)
+    assert 0.0 < result["prompt_ms"] < 10_000

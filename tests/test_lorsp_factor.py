@@ -8,9 +8,12 @@ import torch
 from lorsp.config import load_study
 from lorsp.prompts import create_prompter
 from lorsp.search import used_knobs
+from lorsp.train import train_loop
 from tests.conftest import QUICKSTART
 
 L = 16
+TINY = ["train.epochs=1", "data.max_train=96", "data.batch_size=32", "data.image_size=8",
+        "backbone.model=vit_micro_patch4_16", "backbone.pretrained=false"]
 
 
 def _factor(K: int = 3, r: int = 2, **kw):
@@ -178,6 +181,19 @@ def test_mode_is_a_lorsp_knob_and_a_study_setting():
     assert searched.resolved().prompt.lorsp_mode == "pixel"
     assert "lorsp_mode" in used_knobs(searched, "lorsp")
     assert "lorsp_mode" not in used_knobs(searched, "lorvp")  # sampled only for lorsp
+
+
+def test_trains_end_to_end_for_one_epoch_on_digits():
+    study = load_study(QUICKSTART, [*TINY, "prompt.method=lorsp", "prompt.lorsp_mode=factor",
+                                    "prompt.factors=2", "prompt.rank=2"]).resolved()
+    final = train_loop(study, verbose=False)
+    assert final["prompt_params"] == 2 * (6 * 8 * 2 + 6)
+    for key in ("val_acc", "test_acc", "prompt_density", "firing_rate", "silent_gates", "prompt_energy_nj"):
+        assert key in final and final[key] == final[key], key  # present and not NaN
+    assert 0.0 <= final["silent_gates"] <= 1.0
+    # the energy is factor mode's count at the firing rate the validation measured (K 2, L 8, T 4)
+    macs, acs = 2 * 3 * (1 + 4), 3 * 64 + final["firing_rate"] * 2 * 6 * 4 * 64
+    assert final["prompt_energy_nj"] == pytest.approx((4.6 * macs + 0.9 * acs) / 1000)
 
 
 def test_config_and_prompter_agree_on_the_modes():
