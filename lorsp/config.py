@@ -26,9 +26,12 @@ from pydantic import (
 )
 
 from lorsp.errors import ConfigError, DataError  # ConfigError stays importable from here
-from lorsp.metrics import METRICS, selection_error
+from lorsp.metrics import METRICS, noise_level, noise_metric_name, selection_error
 
 PROMPT_METHODS = ("none", "pad", "lorvp", "lorsp", "spike_nvpt")
+LorspMode = Literal["pixel", "factor"]
+#: ``prompt.lorsp_mode`` choices (see docs/methods.md): neurons per pixel, or one gate per factor.
+LORSP_MODES: tuple[str, ...] = get_args(LorspMode)
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 AugmentMode = Literal["none", "crop", "flip", "crop_flip"]
 #: ``data.augment`` choices; :data:`lorsp.data.AUGMENT_MODES` is the same tuple (a test holds it).
@@ -126,6 +129,7 @@ class PromptConfig(_Section):
     pad_width: int = Field(4, ge=1)
     noise_std: float = Field(0.1, ge=0.0)
     low_rank: bool = False
+    lorsp_mode: LorspMode = "pixel"
 
     @model_validator(mode="after")
     def _known_method(self) -> "PromptConfig":
@@ -147,6 +151,46 @@ class TrainConfig(_Section):
     channels_last: bool = True  # only on CUDA
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None: leave torch's default
     eval_test_every_epoch: bool = False
+
+
+class EvalConfig(_Section):
+    """Extra evaluation beyond clean accuracy: robustness to additive Gaussian pixel noise.
+
+    With `noise_std: [0.05, 0.1]` every validation pass also classifies the validation images with
+    N(0, std²) noise added in [0, 1] pixel space (before the prompt, as a deployed prompt would see
+    them) and clamped to [0, 1], and reports `val_acc_noise` (the mean over levels) and
+    `val_acc_noise_<std>` per level; the test split gets `test_acc_noise*` at the end, for
+    reporting. `noise_seed` fixes the noise per image index, independently of `train.seed` and of
+    batching, so every trial and epoch is judged on the same noisy images. Each level costs one
+    more validation pass per epoch. The default (no levels) is off.
+    """
+
+    noise_std: list[float] = []
+    noise_seed: int = 0
+
+    def noise_problem(self, metric: str) -> str | None:
+        """Why `metric` will never be reported under these settings (a noise metric without its
+        level), or None: an objective that no trial reports would fail every trial."""
+        level = noise_level(metric)
+        if metric not in ("val_acc_noise", "test_acc_noise") and level is None:
+            return None
+        if not self.noise_std:
+            return f"'{metric}' needs noise levels: add e.g. eval: {{noise_std: [0.05, 0.1]}}"
+        if level is not None and level not in self.noise_std:
+            listed = ", ".join(noise_metric_name("val", s) for s in self.noise_std)
+            return f"'{metric}' is not a level in eval.noise_std {self.noise_std}: use one of {listed}"
+        return None
+
+    @field_validator("noise_std")
+    @classmethod
+    def _levels(cls, value: list[float]) -> list[float]:
+        for std in value:
+            if not 0.0 <= std < float("inf"):
+                raise ValueError(f"every level must be a finite std >= 0 in [0, 1] pixel units, got {std}")
+        names = [noise_metric_name("val", std) for std in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each level once, got {value}")
+        return value
 
 
 class SpaceParam(_Section):
@@ -303,6 +347,7 @@ class StudyConfig(_Section):
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "StudyConfig":
@@ -313,6 +358,12 @@ class StudyConfig(_Section):
         names = [o.metric for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError(f"objectives: each metric once, got {names}")
+        scheduler = self.search.scheduler
+        for where, metric in [("objectives.metric", n) for n in names] + (
+                [("search.scheduler.metric", scheduler.metric)] if scheduler else []):
+            problem = self.eval.noise_problem(metric)
+            if problem:
+                raise ValueError(f"{where}: {problem}")
         balanced = [k for k, p in self.space.items() if p.balanced]
         if len(balanced) > 1:
             raise ValueError(f"space: only one knob can be balanced, got {balanced}")
@@ -370,7 +421,7 @@ def _format_error(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
         section = loc.rsplit(".", 1)[0] if "." in loc else ""
-        model = _SECTION_MODELS.get(section, StudyConfig if not section else None)
+        model = {**_SECTION_MODELS, "eval": EvalConfig}.get(section, StudyConfig if not section else None)
         known = ", ".join(model.model_fields) if model else ""
         return f"{loc}: unknown key; remove it or use one of: {known}"
     if kind == "missing":

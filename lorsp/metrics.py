@@ -5,6 +5,13 @@ Why one place: the config (which metrics may be objectives), the search (what Op
 MLflow (what is logged per epoch), the Pareto step (the hypervolume's reference point) and the
 exporter (``--best``) all need the same facts, and a copy that drifts is how a test-set metric
 ends up selecting a "best" prompt. Torch-free, so the command line can validate without it.
+
+Most names are fixed. One family is not: accuracy under input noise is reported per level listed in
+the study (``eval.noise_std``), as ``val_acc_noise_<std>`` / ``test_acc_noise_<std>`` with ``<std>``
+written by :func:`noise_metric_name`. :data:`METRICS` answers lookups (``in``, ``[]``, ``.get``)
+for every member of the family, so validation, ``--best`` and the hypervolume reference treat them
+as registry metrics; iterating it lists the fixed names only (the levels depend on the study), so
+code that copies metrics out of a result should use :func:`reported` to include the levels.
 """
 
 from __future__ import annotations
@@ -50,15 +57,109 @@ _ALL = (
            bounded=True, per_epoch=True),
     Metric("firing_rate", "min", "val", "spikes per neuron per time step on the validation images",
            bounded=True, per_epoch=True),
+    Metric("silent_gates", "max", "val", "LoRSP factor mode: fraction of (image, factor, channel) gates with no "
+           "net spike on the validation images, i.e. factors switched off", bounded=True, per_epoch=True),
+    Metric("val_acc_noise", "max", "val", "validation accuracy with additive Gaussian pixel noise, mean over the "
+           "levels in eval.noise_std (same noisy images in every trial)", bounded=True, per_epoch=True),
+    Metric("test_acc_noise", "max", "test", "test accuracy with additive Gaussian pixel noise, mean over the levels "
+           "in eval.noise_std, once at the end (reported, never selects)", bounded=True),
+    Metric("prompt_energy_nj", "min", "val", "estimated energy per image of generating and adding the prompt "
+           "(4.6 pJ per MAC, 0.9 pJ per AC; spike counts measured on the validation images)", per_epoch=True),
+    Metric("prompt_ms", "min", "run", "measured forward time of the prompter alone per validation batch (eval "
+           "mode)", per_epoch=True),
     Metric("prompt_params", "min", "model", "trainable parameters of the prompt"),
     Metric("trainable_params", "min", "model", "trainable parameters of the prompt and the linear head"),
     Metric("images_per_s", "max", "run", "training images per second of the epoch", per_epoch=True),
     Metric("epoch_time_s", "min", "run", "wall time of the epoch, evaluation included", per_epoch=True),
 )
 
-METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
+NOISE_PREFIX = {"val": "val_acc_noise_", "test": "test_acc_noise_"}
+"""Per-level noise accuracy names are these prefixes followed by the level (:func:`noise_metric_name`)."""
+
+
+def noise_metric_name(split: Literal["val", "test"], std: float) -> str:
+    """``val_acc_noise_0.05``: the level as Python's shortest float repr, a valid MLflow key
+    (digits, ``.``, ``-``, ``e``) that reads back to exactly the same float, so two different
+    levels never share a name."""
+    return f"{NOISE_PREFIX[split]}{float(std)!r}"
+
+
+def noise_level(name: str) -> float | None:
+    """The noise level a per-level name stands for (``val_acc_noise_0.05`` -> 0.05), else None.
+
+    Only the canonical spelling counts (``val_acc_noise_0.050`` is not a metric), so a name in a
+    study file and a name in a result can be compared as strings.
+    """
+    for split, prefix in NOISE_PREFIX.items():
+        if name.startswith(prefix):
+            try:
+                level = float(name[len(prefix):])
+            except ValueError:
+                return None
+            ok = level >= 0 and level != float("inf") and noise_metric_name(split, level) == name  # type: ignore[arg-type]
+            return level if ok else None
+    return None
+
+
+def _canonical_noise_name(name: str) -> str | None:
+    """``val_acc_noise_0.050`` -> ``val_acc_noise_0.05`` (for a hint); None when it is no level at all."""
+    for split, prefix in NOISE_PREFIX.items():
+        if name.startswith(prefix):
+            try:
+                level = float(name[len(prefix):])
+            except ValueError:
+                return None
+            return noise_metric_name(split, level) if 0 <= level < float("inf") else None  # type: ignore[arg-type]
+    return None
+
+
+def _noise_member(name: str) -> Metric | None:
+    level = noise_level(name)
+    if level is None:
+        return None
+    split: Split = "val" if name.startswith(NOISE_PREFIX["val"]) else "test"
+    when = "" if split == "val" else ", once at the end (reported, never selects)"
+    return Metric(name, "max", split, f"{split} accuracy with additive Gaussian pixel noise of std {level:g}{when}",
+                  bounded=True, per_epoch=split == "val")
+
+
+class _Registry(dict[str, Metric]):
+    """The fixed metrics as a dict, plus lookups that resolve the per-level noise family."""
+
+    def __missing__(self, name: str) -> Metric:
+        member = _noise_member(name) if isinstance(name, str) else None
+        if member is None:
+            raise KeyError(name)
+        return member
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or (isinstance(name, str) and _noise_member(name) is not None)
+
+    def get(self, name: str, default: Metric | None = None) -> Metric | None:  # type: ignore[override]
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+
+METRICS: dict[str, Metric] = _Registry({m.name: m for m in _ALL})
 SELECTABLE: tuple[str, ...] = tuple(m.name for m in _ALL if m.selectable)
 PER_EPOCH: tuple[str, ...] = tuple(m.name for m in _ALL if m.per_epoch)
+
+
+def reported(result: dict[str, object], *, per_epoch: bool | None = None) -> list[str]:
+    """The registry metrics present in `result`, fixed names first, then noise levels in order.
+
+    ``per_epoch=True`` / ``False`` keeps only the series / only the end-of-trial values. Use this
+    rather than iterating :data:`METRICS` when copying a result to MLflow or Optuna, so the
+    per-level noise metrics of the study travel too.
+    """
+    names = [m for m in METRICS if m in result]
+    names += sorted((k for k in result if k not in names and _noise_member(k) is not None),
+                    key=lambda k: (k.startswith(NOISE_PREFIX["test"]), noise_level(k)))
+    if per_epoch is None:
+        return names
+    return [n for n in names if METRICS[n].per_epoch == per_epoch]
 
 
 def metric(name: str) -> Metric:
@@ -72,7 +173,8 @@ def selection_error(name: str, where: str) -> str | None:
     if known is None:
         import difflib
 
-        hint = difflib.get_close_matches(name, list(METRICS), n=1)
+        hint = [_canonical_noise_name(name)] if _canonical_noise_name(name) else difflib.get_close_matches(
+            name, list(METRICS), n=1)
         suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
         return f"{where}: unknown metric '{name}'{suggestion}: choose one of {', '.join(SELECTABLE)}"
     if not known.selectable:

@@ -126,7 +126,7 @@ def build_model(study: StudyConfig, num_classes: int) -> PromptedClassifier:
     prompter = create_prompter(
         p.method, size, rank=p.rank, factors=p.factors, timesteps=p.timesteps, threshold=p.threshold,
         decay=p.decay, surrogate_slope=p.surrogate_slope, pad_width=p.pad_width, noise_std=p.noise_std,
-        low_rank=p.low_rank,
+        low_rank=p.low_rank, lorsp_mode=p.lorsp_mode,
     )
     backbone = create_backbone(study.backbone, size)
     mean, std = normalisation(backbone)

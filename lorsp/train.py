@@ -9,7 +9,6 @@ Optuna; distributed data parallelism comes from `torch.distributed` when a proce
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -18,15 +17,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 import yaml
-from torch import Tensor, nn
+from torch import nn
 
 from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.data import BatchIterator, DataError, ImageSplit, Splits, load_splits_for
+from lorsp.evaluation import NoiseSpec, evaluate
+from lorsp.evaluation import autocast as _autocast
+from lorsp.metrics import noise_metric_name
 from lorsp.model import PromptedClassifier, build_model
 
 STATE_FILE = "state.pt"
@@ -87,12 +89,6 @@ def _cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _shard(split: ImageSplit, rank: int, world: int) -> ImageSplit:
     """An exact, unpadded shard for evaluation (padding would count some images twice)."""
     if world == 1:
@@ -100,26 +96,14 @@ def _shard(split: ImageSplit, rank: int, world: int) -> ImageSplit:
     return ImageSplit(images=split.images[rank::world], labels=split.labels[rank::world])
 
 
-@torch.no_grad()
-def evaluate(model: PromptedClassifier, batches: Iterator[tuple[Tensor, Tensor]], ctx: _Context,
-             amp: bool) -> dict[str, float]:
-    """Accuracy and prompt statistics over a split, summed across ranks with one all-reduce."""
-    model.eval()
-    totals = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # correct, seen, density, firing, batches
-    for x, y in batches:
-        with _autocast(ctx.device, amp):
-            logits = model(x)
-        stats = model.prompter.stats()
-        totals += torch.stack([
-            (logits.argmax(1) == y).sum().double(), torch.tensor(float(y.numel()), device=ctx.device, dtype=torch.float64),
-            stats["density"].double() * y.numel(), stats["firing_rate"].double() * y.numel(),
-            torch.tensor(1.0, device=ctx.device, dtype=torch.float64),
-        ])
-    if ctx.world_size > 1:
-        dist.all_reduce(totals)
-    correct, seen, density, firing, _ = totals.tolist()
-    seen = max(seen, 1.0)
-    return {"acc": correct / seen, "prompt_density": density / seen, "firing_rate": firing / seen}
+def _noise_metrics(split: str, result: dict[str, Any], levels: tuple[float, ...]) -> dict[str, float]:
+    """``<split>_acc_noise`` (mean over levels) and ``<split>_acc_noise_<std>`` per level."""
+    if not levels:
+        return {}
+    accs = result["noise_acc"]
+    out = {f"{split}_acc_noise": sum(accs) / len(accs)}
+    out.update({noise_metric_name(split, std): acc for std, acc in zip(levels, accs)})  # type: ignore[arg-type]
+    return out
 
 
 def _save_checkpoint(folder: Path, model: PromptedClassifier, optimizer: torch.optim.Optimizer,
@@ -146,8 +130,14 @@ def train_loop(
     """Train `study` (already resolved: no searched knob left open) and return the final metrics.
 
     Seeds: `data.seed` fixes the train / validation / test splits; `train.seed` fixes the prompt and
-    head initialisation, the training data order and the augmentation draws. Validation accuracy is
-    measured on `splits.val` and test accuracy on `splits.test`, both un-augmented.
+    head initialisation, the training data order and the augmentation draws; `eval.noise_seed` fixes
+    the noise of the robust-accuracy images. Validation accuracy is measured on `splits.val` and
+    test accuracy on `splits.test`, both un-augmented.
+
+    Every epoch reports validation accuracy, the prompt's density, firing rate, energy
+    (`prompt_energy_nj`) and forward time (`prompt_ms`), and with `eval.noise_std` the noisy
+    validation accuracies (per epoch, so a scheduler may use them: each level is one more
+    validation pass). Test metrics, clean and noisy, come at the end only.
 
     `resume_from` is a checkpoint folder written by an earlier epoch (the one handed to `report`):
     training continues after its epoch with the same optimizer and schedule state.
@@ -202,6 +192,8 @@ def train_loop(
         f"val {len(splits.val)} test {len(splits.test)} | prompt params {prompt_params:,} "
         f"trainable {trainable_params:,} | {ctx.device} x{ctx.world_size} | setup {time.perf_counter() - started:.1f}s"
     )
+    noise = NoiseSpec(tuple(study.eval.noise_std), study.eval.noise_seed) if study.eval.noise_std else None
+    levels = noise.levels if noise is not None else ()
     loss_fn = nn.CrossEntropyLoss()
     metrics: dict[str, float] = history[-1] if history else {}
     for epoch in range(first_epoch, t.epochs):
@@ -230,11 +222,14 @@ def train_loop(
                 f"loss became {train_loss} in epoch {epoch + 1}: lower train.lr (now {t.lr:g}) "
                 f"or prompt.threshold/surrogate_slope"
             )
-        val = evaluate(model, iter(val_batches), ctx, t.amp)
+        val = evaluate(model, iter(val_batches), ctx, t.amp, noise, split="val")
         is_last = epoch == t.epochs - 1
         metrics = {
             "epoch": float(epoch + 1), "loss": train_loss, "train_acc": correct / max(seen, 1.0),
             "val_acc": val["acc"], "prompt_density": val["prompt_density"], "firing_rate": val["firing_rate"],
+            **{k: val[k] for k in ("silent_gates",) if k in val},
+            **_noise_metrics("val", val, levels),
+            "prompt_energy_nj": val["prompt_energy_nj"], "prompt_ms": val["prompt_ms"],
             "prompt_params": float(prompt_params), "trainable_params": float(trainable_params),
             "images_per_s": seen / max(train_time, 1e-9), "epoch_time_s": time.perf_counter() - tick,
             "epochs": float(t.epochs), "finished": float(is_last),
@@ -248,11 +243,16 @@ def train_loop(
             dist.all_gather(digests, digest)
             metrics.update({f"shard_digest_{r}": float(d) for r, d in enumerate(digests)})
         if is_last or t.eval_test_every_epoch:
-            metrics["test_acc"] = evaluate(model, iter(test_batches), ctx, t.amp)["acc"]
+            test = evaluate(model, iter(test_batches), ctx, t.amp, noise, split="test")
+            metrics["test_acc"] = test["acc"]
+            metrics.update(_noise_metrics("test", test, levels))
         history.append(metrics)
         ctx.log(
             f"epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  train_acc {metrics['train_acc']:.3f}  "
-            f"val_acc {val['acc']:.3f}  density {val['prompt_density']:.3f}  firing {val['firing_rate']:.3f}  "
+            f"val_acc {val['acc']:.3f}  "
+            + (f"val_acc_noise {metrics['val_acc_noise']:.3f}  " if levels else "")
+            + f"density {val['prompt_density']:.3f}  firing {val['firing_rate']:.3f}  "
+            f"{val['prompt_energy_nj']:.3g} nJ  "
             f"{metrics['images_per_s']:.0f} img/s  {metrics['epoch_time_s']:.1f}s"
             + (f"  test_acc {metrics['test_acc']:.3f}" if "test_acc" in metrics else "")
         )

@@ -175,3 +175,44 @@ def test_stored_configs_of_earlier_versions_still_load():
     old["objectives"] = [{"metric": "test_acc", "mode": "max"}]
     with pytest.raises(ConfigError, match="re-run the study with val_acc"):
         stored_study(old)
+
+
+def test_robust_and_energy_metrics_are_objectives(write_study):
+    study = load_study(write_study({
+        "eval": {"noise_std": [0.05, 0.1], "noise_seed": 3},
+        "objectives": [{"metric": "val_acc_noise"}, {"metric": "val_acc_noise_0.05"},
+                       {"metric": "prompt_energy_nj"}, {"metric": "prompt_ms"}, {"metric": "silent_gates"}],
+        "search.scheduler": {"type": "asha", "metric": "val_acc_noise_0.1"},
+    }))
+    assert [(o.metric, o.mode) for o in study.objectives] == [
+        ("val_acc_noise", "max"), ("val_acc_noise_0.05", "max"), ("prompt_energy_nj", "min"),
+        ("prompt_ms", "min"), ("silent_gates", "max")]
+    assert study.search.scheduler.mode == "max"
+    assert (study.eval.noise_std, study.eval.noise_seed) == ([0.05, 0.1], 3)
+    assert load_study(QUICKSTART).eval.noise_std == []  # off unless asked for
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ({"eval.noise_std": [0.1], "objectives": [{"metric": "test_acc_noise"}]},
+         "'test_acc_noise' is measured on the test split, which never selects trials (a choice made on test data "
+         "overstates it); use val_acc_noise"),
+        ({"eval.noise_std": [0.1], "objectives": [{"metric": "test_acc_noise_0.1"}]}, "use val_acc_noise_0.1"),
+        ({"objectives": [{"metric": "val_acc_noise"}]}, "'val_acc_noise' needs noise levels: add e.g. eval:"),
+        ({"eval.noise_std": [0.05], "objectives": [{"metric": "val_acc_noise_0.1"}]},
+         "'val_acc_noise_0.1' is not a level in eval.noise_std [0.05]: use one of val_acc_noise_0.05"),
+        ({"eval.noise_std": [0.05], "objectives": [{"metric": "val_acc_noise_0.050"}]},
+         "did you mean 'val_acc_noise_0.05'?"),
+        ({"eval.noise_std": [0.1], "search.scheduler": {"metric": "test_acc_noise"}},
+         "search.scheduler.metric: 'test_acc_noise' is measured on the test split"),
+        ({"eval.noise_std": [0.1, 0.1]}, "eval.noise_std: each level once"),
+        ({"eval.noise_std": [-0.1]}, "eval.noise_std: every level must be a finite std >= 0"),
+        ({"eval.corruptions": ["blur"]}, "eval.corruptions: unknown key; remove it or use one of: noise_std, noise_seed"),
+        ({"prompt.lorsp_mode": "factors"}, "prompt.lorsp_mode: Input should be 'pixel' or 'factor'"),
+    ],
+)
+def test_noise_objectives_need_their_levels_and_never_the_test_split(write_study, overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_study(write_study(overrides))
+    assert expected in str(err.value) and "\n" not in str(err.value)

@@ -89,7 +89,7 @@ def test_offline_pretrained_says_what_to_do(monkeypatch, tmp_path: Path):
 
 @pytest.mark.parametrize("method", ["lorvp", "lorsp"])
 def test_prompt_is_added_in_pixel_space_before_the_backbone_normalisation(method):
-    """DESIGN.md §1: features = backbone((prompter(x) - mean) / std), with the backbone's own mean/std.
+    """docs/methods.md: features = backbone((prompter(x) - mean) / std), with the backbone's own mean/std.
 
     resnet18's ImageNet statistics differ per channel and std != 1, so a prompt added after the
     normalisation ((x - mean) / std + prompt) gives different features, and so does skipping it.

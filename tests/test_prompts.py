@@ -1,4 +1,4 @@
-"""Prompt methods (DESIGN.md §1) and the fast constant-current LIF/IF against SpikingJelly."""
+"""Prompt methods (docs/methods.md) and the fast constant-current LIF/IF against SpikingJelly."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def test_zero_prompt_at_init_and_gradient_reaches_factors(method: str) -> None:
 
 @pytest.mark.parametrize("threshold", [0.05, 0.3, 1.7])
 def test_lorsp_init_is_the_designed_one(threshold: float) -> None:
-    """DESIGN.md §1: B = 0, A ~ N(0, 0.01²), β = 0, a = V_th; so the prompt is exactly 0 for any image.
+    """docs/methods.md: B = 0, A ~ N(0, 0.01²), β = 0, a = V_th; so the prompt is exactly 0 for any image.
 
     Several thresholds, none of them 1.0, so an amplitude initialised to 1 (or to a constant) is
     caught; the smallest threshold makes a non-zero β fire on the extreme images below.
@@ -168,7 +168,7 @@ def test_lorsp_init_is_the_designed_one(threshold: float) -> None:
 
 
 def test_lorvp_init_is_the_designed_one() -> None:
-    """DESIGN.md §1: B = 0, A ~ N(0, 0.01²); the prompt is the per-channel product B·A on every pixel."""
+    """docs/methods.md: B = 0, A ~ N(0, 0.01²); the prompt is the per-channel product B·A on every pixel."""
     torch.manual_seed(10)
     r, big = 8, 64
     prompter = create_prompter("lorvp", big, rank=r)
@@ -200,7 +200,7 @@ def test_pad_prompt_is_a_frame_of_width_p() -> None:
 
 
 def _lif_spike_counts(current: torch.Tensor, T: int, thr: float, tau: float) -> torch.Tensor:
-    """A plain LIF, written from DESIGN.md §1: charge ``h = v + (I - v)/tau``, fire at ``h >= V_th``,
+    """A plain LIF, written from docs/methods.md: charge ``h = v + (I - v)/tau``, fire at ``h >= V_th``,
     hard reset to 0; returns the spike count of every neuron over T steps."""
     v = torch.zeros_like(current)
     count = torch.zeros_like(current)
@@ -213,7 +213,7 @@ def _lif_spike_counts(current: torch.Tensor, T: int, thr: float, tau: float) -> 
 
 
 def test_lorsp_prompt_follows_the_formulation() -> None:
-    """The whole of DESIGN.md §1, rebuilt by hand: I_k = B_k·A_k + β_k ⊙ (x − 0.5), a +I_k and a −I_k
+    """The whole of docs/methods.md, rebuilt by hand: I_k = B_k·A_k + β_k ⊙ (x − 0.5), a +I_k and a −I_k
     LIF population for T steps, ρ_k = (S⁺ − S⁻)/T, prompt = Σ_k a_k ⊙ ρ_k; firing rate = spikes per
     neuron (both populations) per step; density = fraction of non-zero prompt entries."""
     torch.manual_seed(11)
@@ -309,7 +309,8 @@ def test_lorsp_neurons_run_in_fp32_under_autocast() -> None:
 
 
 @needs_spikingjelly
-@pytest.mark.parametrize("method,extra", [("lorsp", dict(factors=2)), ("spike_nvpt", dict(noise_std=0.0))])
+@pytest.mark.parametrize("method,extra", [("lorsp", {"factors": 2}), ("lorsp", {"factors": 2, "lorsp_mode": "factor"}),
+                                          ("spike_nvpt", {"noise_std": 0.0})])
 def test_fast_prompters_equal_spikingjelly_reference(method: str, extra: dict) -> None:
     torch.manual_seed(4)
     fast = create_prompter(method, L, rank=3, timesteps=5, threshold=0.4, decay=0.3, **extra)

@@ -1,4 +1,4 @@
-"""Input-level visual prompts (DESIGN.md §1): one module per method behind one factory.
+"""Input-level visual prompts (docs/methods.md): one module per method behind one factory.
 
 Only torch is needed here (SpikingJelly only for ``reference=True``), so the prompts run on
 machines without Ray or MLflow.
@@ -7,6 +7,7 @@ machines without Ray or MLflow.
 from __future__ import annotations
 
 from .base import Prompter
+from .energy import EnergyOps
 from .lorsp import LoRSPPrompter
 from .lorvp import LoRVPPrompter
 from .none import NoPrompter
@@ -15,6 +16,7 @@ from .spike_nvpt import SpikeNVPTPrompter
 
 __all__ = [
     "PROMPTERS",
+    "EnergyOps",
     "Prompter",
     "NoPrompter",
     "PadPrompter",
@@ -43,6 +45,7 @@ def create_prompter(
     pad_width: int = 4,
     noise_std: float = 0.1,
     low_rank: bool = False,
+    lorsp_mode: str = "pixel",
     reference: bool = False,
 ) -> Prompter:
     """Build a prompter from flat settings, passing each method only the knobs it declares.
@@ -64,6 +67,7 @@ def create_prompter(
         pad_width=pad_width,
         noise_std=noise_std,
         low_rank=low_rank,
+        lorsp_mode=lorsp_mode,
     )
     kwargs = {name: settings[name] for name in cls.knobs}
     if cls.spiking:

@@ -8,6 +8,8 @@ from typing import ClassVar, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from .energy import EnergyOps
+
 
 class Prompter(nn.Module):
     """x: [N,3,L,L] pixel space in [0,1] (before backbone normalisation) -> prompted batch, same shape.
@@ -43,6 +45,13 @@ class Prompter(nn.Module):
     def num_prompt_params(self) -> int:
         """Parameters of the prompt (all of them: freezing a prompt for export does not change its size)."""
         return sum(p.numel() for p in self.parameters())
+
+    def energy_ops(self, firing_rate: float) -> EnergyOps:
+        """Operations per image of generating the prompt and adding it to the image at inference
+        (docs/methods.md, "Energy"); `firing_rate` is the measured spikes per neuron per step of
+        the same images (:meth:`stats`), which spike-driven methods need. Every method defines its
+        own count, so the formula sits beside the code it describes."""
+        raise NotImplementedError(f"{type(self).__name__} does not count its operations")
 
     def stats(self) -> dict[str, Tensor]:
         """Density and firing rate of the last forward as detached 0-dim tensors (read them lazily)."""

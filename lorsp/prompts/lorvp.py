@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Prompter, check_count, full_precision, low_rank_product
+from .energy import EnergyOps, static_prompt_ops
 
 #: LoR-VP's init scale for A; with B = 0 the prompt starts at exactly zero.
 A_INIT_STD = 0.01
@@ -27,6 +28,11 @@ class LoRVPPrompter(Prompter):
         size = self.image_size
         self.B = nn.Parameter(torch.zeros(3, size, self.rank))
         self.A = nn.Parameter(torch.randn(3, self.rank, size) * A_INIT_STD)
+
+    def energy_ops(self, firing_rate: float) -> EnergyOps:
+        """Static: B·A does not depend on the image, so it is computed once; per image one addition
+        per pixel and channel, 3·L² ACs."""
+        return static_prompt_ops(3 * self.image_size**2)
 
     def prompt(self, x: Tensor) -> Tensor:
         with full_precision(x.device):

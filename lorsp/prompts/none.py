@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .base import Prompter
+from .energy import EnergyOps
 
 
 class NoPrompter(Prompter):
@@ -17,6 +18,10 @@ class NoPrompter(Prompter):
         self._check_input(x)
         self._record(self.prompt(x))
         return x
+
+    def energy_ops(self, firing_rate: float) -> EnergyOps:
+        """Nothing is computed or added."""
+        return EnergyOps(macs=0.0, acs=0.0)
 
     def prompt(self, x: Tensor) -> Tensor:
         size = self.image_size

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Prompter, full_precision
+from .energy import EnergyOps, static_prompt_ops
 
 
 class PadPrompter(Prompter):
@@ -31,6 +32,10 @@ class PadPrompter(Prompter):
         self.pad_down = nn.Parameter(torch.zeros(3, p, size))
         self.pad_left = nn.Parameter(torch.zeros(3, inner, p))
         self.pad_right = nn.Parameter(torch.zeros(3, inner, p))
+
+    def energy_ops(self, firing_rate: float) -> EnergyOps:
+        """Static: one addition per stored frame entry, 3·(L² − (L−2p)²); the inside is untouched."""
+        return static_prompt_ops(self.num_prompt_params())
 
     def prompt(self, x: Tensor) -> Tensor:
         inner = self.image_size - 2 * self.pad_width

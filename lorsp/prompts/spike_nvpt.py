@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Prompter, check_count, check_positive, full_precision, low_rank_product
+from .energy import EnergyOps, static_prompt_ops
 from .lif import heaviside, if_rate, reference_rate
 from .lorvp import A_INIT_STD
 
@@ -88,6 +89,11 @@ class SpikeNVPTPrompter(Prompter):
         fired = (rate > 0).to(rate.dtype)
         prompt = self.amplitude.float()[:, None, None] * (2 * mask - 1) * fired
         return prompt.unsqueeze(0), rate
+
+    def energy_ops(self, firing_rate: float) -> EnergyOps:
+        """Static at inference (the eval prompt is computed once and cached): one addition per
+        pixel and channel, 3·L² ACs, whatever the neurons' firing rate was."""
+        return static_prompt_ops(3 * self.image_size**2)
 
     def _cache_key(self) -> tuple:
         # _version moves on every in-place update (optimizer step, load_state_dict), data_ptr on
