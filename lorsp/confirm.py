@@ -159,6 +159,7 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
     import ray
     from ray import tune
     from lorsp.data import load_splits_for
+    from lorsp.metrics import reported
     from lorsp.outcome import outcome_of
     from lorsp.search import TRIAL_KEY, default_root
     from lorsp.tune import JOB_KEY, init_ray, trainable
@@ -183,8 +184,8 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
             job = trial.config[JOB_KEY][TRIAL_KEY]
             result = trial.last_result or {}
             outcome = outcome_of(result, errored=errored)
-            metrics = {k: float(v) for k, v in result.items()
-                       if k in _metric_names() and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            metrics = {k: float(result[k]) for k in reported(result)
+                       if isinstance(result[k], (int, float)) and not isinstance(result[k], bool)}
             if outcome.state != "COMPLETE":
                 metrics = {"failed": 1.0, "error": outcome.error or outcome.reason}
             store_result(found, job["number"], job["seed"], metrics)
@@ -206,12 +207,6 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
     )
     tuner.fit()
     return len(jobs)
-
-
-def _metric_names() -> set[str]:
-    from lorsp.metrics import METRICS
-
-    return set(METRICS)
 
 
 # ---------------------------------------------------------------- reporting

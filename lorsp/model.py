@@ -123,11 +123,7 @@ def build_model(study: StudyConfig, num_classes: int) -> PromptedClassifier:
     """Build the prompt, the frozen backbone and a fresh head from a resolved study config."""
     size = study.data.image_size
     p = study.prompt
-    prompter = create_prompter(
-        p.method, size, rank=p.rank, factors=p.factors, timesteps=p.timesteps, threshold=p.threshold,
-        decay=p.decay, surrogate_slope=p.surrogate_slope, pad_width=p.pad_width, noise_std=p.noise_std,
-        low_rank=p.low_rank, lorsp_mode=p.lorsp_mode,
-    )
+    prompter = create_prompter(p.method, size, **p.model_dump(exclude={"method"}))
     backbone = create_backbone(study.backbone, size)
     mean, std = normalisation(backbone)
     return PromptedClassifier(prompter, backbone, num_classes, mean, std)

@@ -19,7 +19,7 @@ from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from lorsp.config import StudyConfig
-from lorsp.metrics import METRICS
+from lorsp.metrics import reported
 from lorsp.outcome import ERROR_KEY, Outcome, outcome_of
 from lorsp.search import (
     CHECKPOINT, EPOCHS_DONE, ERROR, INTERRUPTIONS, METRICS_PREFIX, TRIAL_KEY, TUNE_TRIAL_ID, balanced_knob,
@@ -82,7 +82,7 @@ class StudySearcher(OptunaSearch):
                 outcome = Outcome("FAIL", outcome.epochs, f"objective {', '.join(bad)} missing or not finite")
                 values = None
         ot_trial.set_user_attr(EPOCHS_DONE, outcome.epochs)
-        for name in METRICS:
+        for name in reported(result):
             if _finite(result.get(name)):
                 ot_trial.set_user_attr(METRICS_PREFIX + name, float(result[name]))
         if result.get("checkpoint_path"):

@@ -41,7 +41,7 @@ import yaml
 from ray.tune import Callback
 
 from lorsp.config import ConfigError, StudyConfig
-from lorsp.metrics import METRICS, PER_EPOCH
+from lorsp.metrics import reported
 from lorsp.outcome import ERROR_KEY, TRACEBACK_KEY, Outcome, outcome_of, outcome_of_state
 from lorsp.pareto import REFERENCE_RULE, TrialRecord, summarise
 from lorsp.report import plot_front, plot_fronts_by, trial_rows, write_table
@@ -417,7 +417,7 @@ class MLflowCallback(Callback):
         if run_id is None or result.get(ERROR_KEY):
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)) or 0)
-        metrics = {k: result[k] for k in PER_EPOCH if _is_number(result.get(k))}
+        metrics = {k: result[k] for k in reported(result, per_epoch=True) if _is_number(result[k])}
         self._safely(f"logging epoch {step} of {self._name(trial.trial_id)}",
                      lambda: self.store.log_metrics(run_id, metrics, step))
         if trial.trial_id not in self._placed and any(k in result for k in PLACEMENT):
@@ -471,7 +471,7 @@ class MLflowCallback(Callback):
             tags["error"] = outcome.error[:500]
         if checkpoint:
             tags["checkpoint_path"] = checkpoint
-        final = {k: result[k] for k in METRICS if _is_number(result.get(k)) and k not in PER_EPOCH}
+        final = {k: result[k] for k in reported(result, per_epoch=False) if _is_number(result[k])}
         final["epochs_done"] = float(outcome.epochs)
         what = f"closing the run of {self._name(trial_id)}"
         self._safely(what, lambda: self.store.log_metrics(run_id, final, outcome.epochs))

@@ -46,10 +46,13 @@ def test_each_method_samples_only_the_knobs_it_reads(tmp_path):
 
 def test_knob_ownership_comes_from_the_prompters():
     assert method_knobs() == {name: cls.knobs for name, cls in PROMPTERS.items()}
-    # The config's method list and the prompter registry are one list.
-    from lorsp.config import PROMPT_METHODS
+    # The config's method list and the prompter registry are one list, and the config's `prompt`
+    # section holds exactly the knobs the prompters read (plus `method`): one place for each.
+    from lorsp.config import PROMPT_METHODS, PromptConfig
+    from lorsp.prompts import KNOBS
 
     assert set(PROMPT_METHODS) == set(PROMPTERS)
+    assert set(PromptConfig.model_fields) == KNOBS | {"method"}
 
 
 def test_used_knobs_keeps_train_knobs_for_every_method(tmp_path):

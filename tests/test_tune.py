@@ -259,8 +259,10 @@ def _interrupt(tmp_path: Path, sig: signal.Signals) -> tuple[list[str], str, Pat
                                  for t in trials):
             break
     else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError(f"the study never reached the point to interrupt: {proc.communicate()}")
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"the study never reached the point to interrupt: {out[-2000:]} {err[-3000:]}")
     proc.send_signal(sig)
     try:
         out, err = proc.communicate(timeout=180)
