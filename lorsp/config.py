@@ -205,7 +205,8 @@ class SpaceParam(_Section):
     default: Any = None
     balanced: bool = False
     """Categorical only: give every choice the same number of trials (e.g. one budget per method)
-    instead of letting the sampler favour one; the other knobs are still sampled."""
+    instead of letting the sampler favour one; the other knobs are still sampled. Several balanced
+    knobs share the budget among their combinations (see `lorsp.search.balanced_cells`)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "SpaceParam":
@@ -364,9 +365,6 @@ class StudyConfig(_Section):
             problem = self.eval.noise_problem(metric)
             if problem:
                 raise ValueError(f"{where}: {problem}")
-        balanced = [k for k, p in self.space.items() if p.balanced]
-        if len(balanced) > 1:
-            raise ValueError(f"space: only one knob can be balanced, got {balanced}")
         return self
 
     def with_params(self, params: dict[str, Any]) -> "StudyConfig":

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lorsp.pareto import FrontSummary, TrialRecord, group_fronts
+from lorsp.pareto import FrontSummary, TrialRecord, group_fronts, group_key
 
 Objectives = Sequence[tuple[str, str]]
 
@@ -124,7 +124,7 @@ def plot_front(records: list[TrialRecord], objectives: Objectives, png: str | Pa
     return _save(plt, fig, png, title)
 
 
-def plot_fronts_by(records: list[TrialRecord], objectives: Objectives, by: str, png: str | Path,
+def plot_fronts_by(records: list[TrialRecord], objectives: Objectives, by: Sequence[str], png: str | Path,
                    title: str = "") -> Path:
     """One front per value of `by` (e.g. per method) on the same axes: each group's trials in its
     own colour, its own Pareto-optimal ones joined by a line, so methods compare at a glance."""
@@ -136,7 +136,7 @@ def plot_fronts_by(records: list[TrialRecord], objectives: Objectives, by: str, 
         (mx, dx), (my, dy) = objectives[i], objectives[j]
         for k, (key, front) in enumerate(sorted(fronts.items(), key=lambda kv: str(kv[0]))):
             colour = colours[k % len(colours)]
-            group = [r for r in records if r.state == "COMPLETE" and r.params.get(by) == key]
+            group = [r for r in records if r.state == "COMPLETE" and group_key(r.params, by) == key]
             ax.scatter([r.values[mx] for r in group], [r.values[my] for r in group], color=colour, alpha=0.35, s=22)
             # A 2-D slice of a 3-objective front need not be monotone: join the points in x order.
             pts = sorted((r.values[mx], r.values[my]) for r in front)
@@ -145,7 +145,7 @@ def plot_fronts_by(records: list[TrialRecord], objectives: Objectives, by: str, 
         ax.set_xlabel(f"{mx} ({dx})")
         ax.set_ylabel(f"{my} ({dy})")
         ax.grid(alpha=0.3)
-    panels[0][0].legend(fontsize=8, title=f"{by}: front (of trials)")
+    panels[0][0].legend(fontsize=8, title=f"{' '.join(by)}: front (of trials)")
     return _save(plt, fig, png, title)
 
 
@@ -201,15 +201,16 @@ def print_front(name: str, records: list[TrialRecord], summary: FrontSummary, co
     console.print(table)
 
 
-def print_fronts_by(records: list[TrialRecord], objectives: Objectives, by: str, console: Any = None) -> None:
+def print_fronts_by(records: list[TrialRecord], objectives: Objectives, by: Sequence[str],
+                    console: Any = None) -> None:
     """One table per value of `by` (e.g. per method): that group's own Pareto-optimal trials."""
     from rich.table import Table
 
     console = console or _console()
     names = [m for m, _ in objectives]
     for key, front in sorted(group_fronts(records, objectives, by).items(), key=lambda kv: str(kv[0])):
-        params = sorted({k for r in front for k in r.params} - {by})
-        table = Table(title=f"{by} = {key}: its own Pareto front")
+        params = sorted({k for r in front for k in r.params} - set(by))
+        table = Table(title=f"{' '.join(by)} = {key}: its own Pareto front")
         for column in ["trial", *params, *names, "test_acc"]:
             table.add_column(column, justify="right")
         for r in front:

@@ -116,23 +116,41 @@ def _suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
     return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
-def balanced_knob(study: StudyConfig) -> tuple[str, list[Any]] | None:
-    """(name, choices) of the categorical knob whose choices share the budget equally, if any."""
-    for name, knob in study.space.items():
-        if knob.balanced:
-            return name, list(knob.choices or [])
-    return None
+def balanced_cells(study: StudyConfig) -> list[dict[str, Any]]:
+    """The cells that share the budget equally: every combination of the `balanced` knobs' choices
+    that a trial can have, a knob counting only for the methods that read it.
+
+    `method: [lorsp, lorvp, none]` balanced alone gives three cells; with `lorsp_mode: [pixel,
+    factor]` balanced too, lorsp splits into two cells (lorvp and none do not read the mode), so
+    each mode of LoRSP gets the budget of a whole method. Empty when no knob is balanced.
+    """
+    names = [name for name, knob in study.space.items() if knob.balanced]
+    if not names:
+        return []
+    cells: list[dict[str, Any]] = []
+    for method in _methods(study):
+        used = {"method"} | set(used_knobs(study, method))
+        partial: list[dict[str, Any]] = [{"method": method}] if "method" in names else [{}]
+        for name in names:
+            if name == "method" or name not in used:
+                continue
+            partial = [{**cell, name: choice} for cell in partial for choice in study.space[name].choices]
+        for cell in partial:
+            if cell not in cells:
+                cells.append(cell)
+    return cells
 
 
-def next_balanced_choice(found: optuna.Study, name: str, choices: list[Any]) -> Any:
-    """The choice with the fewest trials so far (the first such in `choices`): every trial counts,
+def next_balanced_cell(found: optuna.Study, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The cell with the fewest trials so far (the first such in order): every trial counts,
     failed and stopped ones included, because each spent a share of the budget."""
-    counts = dict.fromkeys(range(len(choices)), 0)
-    for t in found.get_trials(deepcopy=False):
-        value = t.params.get(name, t.system_attrs.get("fixed_params", {}).get(name))
-        if value in choices:
-            counts[choices.index(value)] += 1
-    return choices[min(counts, key=lambda i: (counts[i], i))]
+
+    def params(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return {**t.system_attrs.get("fixed_params", {}), **t.params}
+
+    trials = [params(t) for t in found.get_trials(deepcopy=False)]
+    counts = [sum(all(p.get(k) == v for k, v in cell.items()) for p in trials) for cell in cells]
+    return cells[min(range(len(cells)), key=lambda i: (counts[i], i))]
 
 
 # ---------------------------------------------------------------- the sampler

@@ -2,7 +2,7 @@
 
 Ray's OptunaSearch asks the Optuna study for each trial and tells it the result. lorsp adds what
 that leaves out: the conditional space (each method samples only its own knobs, define-by-run), a
-budget shared equally among the choices of a `balanced` knob, the outcome rules of
+budget shared equally among the cells of the `balanced` knobs, the outcome rules of
 :mod:`lorsp.outcome` (a trial stopped early is PRUNED, never COMPLETE with partial values), the
 metrics and checkpoint of every trial as Optuna attributes, and trials that the driver stops
 going back to the queue (WAITING) with their last checkpoint, so that ``--resume`` finishes them.
@@ -22,15 +22,15 @@ from lorsp.config import StudyConfig
 from lorsp.metrics import reported
 from lorsp.outcome import ERROR_KEY, Outcome, outcome_of
 from lorsp.search import (
-    CHECKPOINT, EPOCHS_DONE, ERROR, INTERRUPTIONS, METRICS_PREFIX, TRIAL_KEY, TUNE_TRIAL_ID, balanced_knob,
-    ConditionalSpace, create_sampler, mark_interrupted, next_balanced_choice,
+    CHECKPOINT, EPOCHS_DONE, ERROR, INTERRUPTIONS, METRICS_PREFIX, TRIAL_KEY, TUNE_TRIAL_ID, balanced_cells,
+    ConditionalSpace, create_sampler, mark_interrupted, next_balanced_cell,
 )
 
 
 class StudySearcher(OptunaSearch):
     def __init__(self, study: StudyConfig, storage: optuna.storages.BaseStorage, history: int) -> None:
         self._objectives = [o.metric for o in study.objectives]
-        self._balanced = balanced_knob(study)
+        self._cells = balanced_cells(study)
         self.methods = list(study.space["method"].choices) if "method" in study.space else [study.prompt.method]
         super().__init__(space=ConditionalSpace(study), metric=self._objectives,
                          mode=[o.mode for o in study.objectives], sampler=create_sampler(study, history),
@@ -38,7 +38,7 @@ class StudySearcher(OptunaSearch):
 
     # ------------------------------------------------------------ asking
     def suggest(self, trial_id: str) -> dict | None:
-        if trial_id not in self._ot_trials and self._balanced is not None:
+        if trial_id not in self._ot_trials and self._cells:
             self._enqueue_balanced()
         params = super().suggest(trial_id)
         if not isinstance(params, dict):
@@ -52,11 +52,10 @@ class StudySearcher(OptunaSearch):
         return params
 
     def _enqueue_balanced(self) -> None:
-        """Fix the balanced knob of the next new trial to its least-used choice (Optuna's queue)."""
+        """Fix the balanced knobs of the next new trial to their least-used cell (Optuna's queue)."""
         if self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            return  # an interrupted trial is next; it has its choice already
-        name, choices = self._balanced
-        self._ot_study.enqueue_trial({name: next_balanced_choice(self._ot_study, name, choices)})
+            return  # an interrupted trial is next; it has its cell already
+        self._ot_study.enqueue_trial(next_balanced_cell(self._ot_study, self._cells))
 
     # ------------------------------------------------------------ telling
     def record_checkpoint(self, trial_id: str, path: str, epoch: int | None) -> None:

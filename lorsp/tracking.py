@@ -612,8 +612,10 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
             files.append(plot_front(records, objectives, Path(tmp) / "front.png",
                                     title=f"{study.name}: Pareto front (validation)"))
             if len({r.params.get("method") for r in summary.eligible} - {None}) > 1:
-                # Several methods in one study: each its own front on the same axes.
-                files.append(plot_fronts_by(records, objectives, "method", Path(tmp) / "front_by_method.png",
+                # Several methods in one study: each its own front on the same axes (LoRSP's
+                # readings apart when the study balances them as cells of their own).
+                by = ["method", *[k for k, knob in study.space.items() if knob.balanced and k != "method"]]
+                files.append(plot_fronts_by(records, objectives, by, Path(tmp) / "front_by_method.png",
                                             title=f"{study.name}: one front per method (validation)"))
         for file in files:
             store.client.log_artifact(parent_id, str(file), "pareto")

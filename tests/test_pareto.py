@@ -156,3 +156,38 @@ def test_pareto_cli_errors_are_one_line(stored_study, tmp_path, capsys):
     assert main(["--name", "cli", "--root", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no Optuna database") and err.count("\n") == 1
+
+
+def test_group_fronts_are_each_methods_own_front():
+    from lorsp.pareto import group_fronts
+
+    objectives = [("val_acc", "max"), ("prompt_density", "min")]
+    rows = [("lorsp", "pixel", 0.9, 0.8), ("lorsp", "pixel", 0.8, 0.9), ("lorsp", "factor", 0.85, 0.1),
+            ("lorvp", None, 0.95, 1.0), ("lorvp", None, 0.90, 1.0), ("none", None, 0.5, 0.0)]
+    records = [TrialRecord(i, {"method": m, **({"lorsp_mode": mode} if mode else {})},
+                           {"val_acc": a, "prompt_density": d}, "COMPLETE") for i, (m, mode, a, d) in enumerate(rows)]
+    records.append(TrialRecord(9, {"method": "lorvp"}, {"val_acc": 0.99, "prompt_density": 0.0}, "PRUNED"))
+    fronts = group_fronts(records, objectives, ["method"])
+    assert {k: [r.number for r in v] for k, v in fronts.items()} == {"lorsp": [0, 2], "lorvp": [3], "none": [5]}
+    # With LoRSP's readings apart, pixel trial 0 no longer competes with factor trial 2.
+    by_mode = group_fronts(records, objectives, ["method", "lorsp_mode"])
+    assert {k: [r.number for r in v] for k, v in by_mode.items()} == {
+        "lorsp pixel": [0], "lorsp factor": [2], "lorvp": [3], "none": [5]}
+
+
+def test_pareto_cli_by_method_draws_one_front_per_method(tmp_path, capsys):
+    from lorsp.search import prepare_study, rdb_storage, storage_uri
+
+    study = load_study(QUICKSTART, [f"tracking.root={tmp_path / 'runs'}", "name=bym"])
+    storage = rdb_storage(storage_uri(study))
+    prepare_study(study, storage, resume=False)
+    ot = optuna.load_study(study_name="bym", storage=storage)
+    dist = {"method": optuna.distributions.CategoricalDistribution(["lorsp", "lorvp", "none"])}
+    for method, values in [("lorsp", [0.9, 0.8, 1000.0]), ("lorsp", [0.7, 0.2, 1000.0]),
+                           ("lorvp", [0.95, 1.0, 900.0]), ("none", [0.5, 0.0, 650.0])]:
+        ot.add_trial(optuna.trial.create_trial(params={"method": method}, distributions=dist, values=values))
+    out = tmp_path / "out"
+    assert main(["--name", "bym", "--root", str(tmp_path / "runs"), "--out", str(out), "--by", "method"]) == 0
+    printed = capsys.readouterr().out
+    assert "method = lorsp: its own Pareto front" in printed and "method = none" in printed
+    assert (out / "front_by_method.png").stat().st_size > 1000

@@ -12,8 +12,8 @@ import pytest
 from lorsp.config import ConfigError, load_study
 from lorsp.prompts import PROMPTERS
 from lorsp.search import (
-    CHECKPOINT, INTERRUPTIONS, ConditionalSpace, create_sampler, mark_interrupted, method_knobs,
-    next_balanced_choice, prepare_study, rdb_storage, sampler_seed, storage_uri, unused_knobs, used_knobs,
+    CHECKPOINT, INTERRUPTIONS, ConditionalSpace, balanced_cells, create_sampler, mark_interrupted, method_knobs,
+    next_balanced_cell, prepare_study, rdb_storage, sampler_seed, storage_uri, unused_knobs, used_knobs,
 )
 from tests.conftest import QUICKSTART
 
@@ -71,17 +71,38 @@ def test_a_knob_no_method_reads_is_never_sampled(tmp_path):
     assert set(trial.params) == {"rank", "lr"}
 
 
-def test_balanced_choice_gives_each_method_the_same_budget():
+def test_balanced_cells_give_each_method_the_same_budget(tmp_path):
+    study = _study(tmp_path)
+    cells = balanced_cells(study)
+    assert cells == [{"method": m} for m in METHODS]
     ot = optuna.create_study(directions=["maximize"], sampler=optuna.samplers.TPESampler(seed=0))
+    space = ConditionalSpace(study)
     for _ in range(10):
-        ot.enqueue_trial({"method": next_balanced_choice(ot, "method", METHODS)})
+        ot.enqueue_trial(next_balanced_cell(ot, cells))
         trial = ot.ask()
-        trial.suggest_categorical("method", METHODS)
+        space(trial)
         # A sampler that would always pick lorsp would win without the balance: make lorsp look best.
         ot.tell(trial, 1.0 if trial.params["method"] == "lorsp" else 0.0)
     counts = Counter(t.params["method"] for t in ot.trials)
     assert counts == {"lorsp": 3, "lorvp": 3, "pad": 2, "none": 2}
     assert [t.params["method"] for t in ot.trials[:4]] == METHODS
+
+
+def test_a_second_balanced_knob_splits_only_the_methods_that_read_it(tmp_path):
+    study = _study(tmp_path, "space.lorsp_mode={type: categorical, choices: [pixel, factor], balanced: true}")
+    cells = balanced_cells(study)
+    assert cells == [{"method": "lorsp", "lorsp_mode": "pixel"}, {"method": "lorsp", "lorsp_mode": "factor"},
+                     {"method": "lorvp"}, {"method": "pad"}, {"method": "none"}]
+    ot = optuna.create_study(directions=["maximize"])
+    space = ConditionalSpace(study)
+    for _ in range(10):
+        ot.enqueue_trial(next_balanced_cell(ot, cells))
+        trial = ot.ask()
+        space(trial)
+        ot.tell(trial, 0.0)
+    counts = Counter((t.params["method"], t.params.get("lorsp_mode")) for t in ot.trials)
+    assert counts == {("lorsp", "pixel"): 2, ("lorsp", "factor"): 2, ("lorvp", None): 2, ("pad", None): 2,
+                      ("none", None): 2}
 
 
 def test_sampler_seed_depends_on_the_study_history(tmp_path):

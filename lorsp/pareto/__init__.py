@@ -201,14 +201,23 @@ def _short(value: float) -> str:
     return f"{value:.6g}"
 
 
+def group_key(params: dict[str, Any], by: Sequence[str]) -> str | None:
+    """The group of a trial: its values of the parameters `by` that it has (e.g. `lorsp pixel`, or
+    `lorvp`, which has no `lorsp_mode`); None when it lacks the first one."""
+    if not by or by[0] not in params:
+        return None
+    return " ".join(str(params[name]) for name in by if name in params)
+
+
 def group_fronts(records: list[TrialRecord], objectives: Sequence[tuple[str, str]],
-                 by: str) -> dict[Any, list[TrialRecord]]:
-    """The Pareto front of each group of trials sharing the parameter `by` (e.g. one per method):
-    which configurations are best *for that method*, whatever the other methods reach."""
-    groups: dict[Any, list[TrialRecord]] = {}
+                 by: Sequence[str]) -> dict[str, list[TrialRecord]]:
+    """The Pareto front of each group of trials (e.g. one per method): which configurations are
+    best *for that method*, whatever the other methods reach."""
+    groups: dict[str, list[TrialRecord]] = {}
     for r in records:
-        if r.state == "COMPLETE" and by in r.params and all(m in r.values for m, _ in objectives):
-            groups.setdefault(r.params[by], []).append(r)
+        key = group_key(r.params, by)
+        if r.state == "COMPLETE" and key is not None and all(m in r.values for m, _ in objectives):
+            groups.setdefault(key, []).append(r)
     fronts = {}
     for key, group in groups.items():
         values = np.array([[r.values[m] for m, _ in objectives] for r in group], dtype=float)

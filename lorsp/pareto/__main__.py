@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", help="Optuna RDB URI (default: sqlite ROOT/optuna.db)")
     parser.add_argument("--root", help="folder of the embedded stores (default: lorsp-runs)")
     parser.add_argument("--out", help="where to write front.parquet/.csv and trials.parquet/.csv (default ROOT/pareto/NAME)")
-    parser.add_argument("--by", metavar="PARAM", help="also one front per value of this parameter, e.g. --by method")
+    parser.add_argument("--by", metavar="PARAM[,PARAM]",
+                        help="also one front per value of these parameters, e.g. --by method or --by method,lorsp_mode")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
 
@@ -34,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         records = trial_records(study, storage)
         if not records:
             raise ConfigError(f"study '{args.name}' has no trials yet; run it with python -m lorsp.tune")
-        if args.by and not any(args.by in r.params for r in records):
+        by = [name for name in (args.by or "").split(",") if name]
+        if by and not any(by[0] in r.params for r in records):
             known = sorted({k for r in records for k in r.params})
-            raise ConfigError(f"--by {args.by}: no trial of study '{args.name}' has that parameter; "
+            raise ConfigError(f"--by {by[0]}: no trial of study '{args.name}' has that parameter; "
                               f"choose one of {', '.join(known)}")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -48,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     written = write_table([r for r in rows if r["pareto"]], out, "front") + write_table(rows, out, "trials")
     if not args.no_plot and summary.eligible:
         written.append(plot_front(records, objectives, out / "front.png", title=study.name))
-        if args.by:
-            written.append(plot_fronts_by(records, objectives, args.by, out / f"front_by_{args.by}.png",
-                                          title=f"{study.name}: one front per {args.by}"))
+        if by:
+            written.append(plot_fronts_by(records, objectives, by, out / f"front_by_{'_'.join(by)}.png",
+                                          title=f"{study.name}: one front per {' '.join(by)}"))
     print_front(study.name, records, summary,
                 confirmations=confirmed_columns(study, existing_study(storage, study.name), records))
-    if args.by:
-        print_fronts_by(records, objectives, args.by)
+    if by:
+        print_fronts_by(records, objectives, by)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
