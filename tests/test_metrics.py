@@ -57,3 +57,13 @@ def test_reported_lists_every_registry_metric_of_a_result():
                                 "test_acc_noise_0.1"]
     assert reported(result, per_epoch=True) == ["val_acc", "val_acc_noise", "val_acc_noise_0.05", "val_acc_noise_0.1"]
     assert reported(result, per_epoch=False) == ["test_acc", "test_acc_noise_0.1"]
+
+
+def test_the_readme_explains_every_metric():
+    """The README's objectives table is the user's registry: a metric missing there is unexplained."""
+    from lorsp.metrics import METRICS
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("**What the objectives mean.**"):readme.index("**Conditional spaces.**")]
+    assert not [name for name in METRICS if f"`{name}`" not in table]
