@@ -23,17 +23,13 @@ input current does not change over time. SpikingJelly's multi-step neurons handl
 LoRSP's ±I pairs go through :func:`signed_counts`, which needs only one of the two populations'
 simulations (the other provably never fires) and returns integer spike counts for compact storage.
 
-Set ``LORSP_COMPILE_LIF=1`` to run the loop through ``torch.compile`` (fuses the ~15 elementwise
-ops of each step into one kernel on GPU; recompiles per T and per hyperparameter value). It is
-off by default because fused kernels may contract multiply-adds differently, which can flip a
-spike exactly at a threshold tie; eager mode is what the equality tests cover.
+On CUDA the same recursion runs as fused Triton kernels (:mod:`lorsp.prompts.lif_triton`); the
+eager loop here is the reference they are tested against.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -206,40 +202,12 @@ def signed_counts(
     return rate, counts, (acc if need_grad else None)
 
 
-_Simulator = Callable[..., tuple[Tensor, Optional[Tensor]]]
-_compiled: Optional[_Simulator] = None
-_compile_failed = False
-
-
-def _simulator() -> _Simulator:
-    """Eager loop unless LORSP_COMPILE_LIF=1; a failing compile falls back to eager once, loudly."""
-    global _compiled
-    if _compile_failed or os.environ.get("LORSP_COMPILE_LIF", "0") != "1":
-        return _simulate
-    if _compiled is None:
-        _compiled = torch.compile(_simulate, dynamic=False)
-    return _compiled
-
-
-def _run(current: Tensor, *args: object) -> tuple[Tensor, Optional[Tensor]]:
-    global _compile_failed
-    sim = _simulator()
-    if sim is _simulate:
-        return _simulate(current, *args)
-    try:
-        return sim(current, *args)
-    except Exception as err:  # noqa: BLE001 - any compiler failure must not stop training
-        _compile_failed = True
-        warnings.warn(f"torch.compile of the LIF loop failed ({err!r}); using eager mode")
-        return _simulate(current, *args)
-
-
 class _ConstantCurrentRate(torch.autograd.Function):
     """Autograd wrapper: forward saves only ``d rate / d current`` (see module docstring)."""
 
     @staticmethod
     def forward(ctx, current, timesteps, threshold, alpha, tau):  # type: ignore[override]
-        rate, deriv = _run(current, timesteps, threshold, alpha, tau, True)
+        rate, deriv = _simulate(current, timesteps, threshold, alpha, tau, True)
         ctx.save_for_backward(deriv)
         return rate
 
@@ -277,7 +245,7 @@ def lif_rate(
         args = (int(timesteps), float(threshold), float(alpha), None if tau is None else float(tau))
         if current.requires_grad and torch.is_grad_enabled():
             return _ConstantCurrentRate.apply(current, *args)
-        return _run(current, *args, False)[0]
+        return _simulate(current, *args, False)[0]
 
 
 def if_rate(current: Tensor, timesteps: int, threshold: float, alpha: float) -> Tensor:
