@@ -82,9 +82,8 @@ def free_port() -> int:
 
 
 def timing_callback() -> Any:
-    from ray.tune import Callback
-
     import _trace
+    from ray.tune import Callback
 
     class TimingCallback(Callback):
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -105,9 +104,9 @@ def timing_callback() -> Any:
 
 def run_one(mode: str, concurrency: int, args: argparse.Namespace, gpus_per_trial: float = 0.0) -> dict[str, Any]:
     """One study in a fresh local Ray cluster; returns wall time and per-trial events."""
+    import _trace
     import ray
 
-    import _trace
     import lorsp.tune as lt
     from lorsp.config import load_study
 

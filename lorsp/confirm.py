@@ -158,6 +158,7 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
     """Train every (configuration, seed) not yet done as one Ray Tune run; returns how many ran."""
     import ray
     from ray import tune
+
     from lorsp.data import load_splits_for
     from lorsp.metrics import reported
     from lorsp.outcome import outcome_of
@@ -229,7 +230,8 @@ def print_table(study: StudyConfig, confirmations: list[Confirmation]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    names = [o.metric for o in study.objectives] + [m for m in REPORTED if m not in {o.metric for o in study.objectives}]
+    objective_names = [o.metric for o in study.objectives]
+    names = objective_names + [m for m in REPORTED if m not in objective_names]
     table = Table(title=f"{study.name}: configurations re-trained with fresh seeds (mean ± 95 % interval; "
                         "confirmed = Pareto-optimal on the means)")
     table.add_column("trial", justify="right")
@@ -309,8 +311,9 @@ def record_in_mlflow(study: StudyConfig, confirmations: list[Confirmation], file
     for c in confirmations:
         run = existing.get(str(c.trial))
         if run is None:
-            run_id = store.client.create_run(store.experiment_id, run_name=f"confirm-trial-{c.trial}", tags={
-                PARENT_ID: parent_id, ROLE: "confirm", STUDY: study.name, "lorsp.confirm_trial": str(c.trial)}).info.run_id
+            tags = {PARENT_ID: parent_id, ROLE: "confirm", STUDY: study.name, "lorsp.confirm_trial": str(c.trial)}
+            run_id = store.client.create_run(store.experiment_id, run_name=f"confirm-trial-{c.trial}",
+                                             tags=tags).info.run_id
             store.log_params(run_id, c.params)
         else:
             run_id = run.info.run_id
@@ -386,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: finished seeds are kept; run the same command again to add the rest", file=sys.stderr)
+        print("interrupted: finished seeds are kept; run the same command again to add the rest", file=sys.stderr)
         return 130
     return 0
 

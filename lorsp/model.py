@@ -31,7 +31,7 @@ class PromptedClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "PromptedClassifier":
+    def train(self, mode: bool = True) -> PromptedClassifier:
         super().train(mode)
         self.backbone.eval()  # frozen: BatchNorm statistics and dropout must not move
         return self

@@ -6,8 +6,9 @@ on how many were drawn before, so the noise on an image would change with the ba
 shard a DDP rank holds and the device type (CPU and CUDA generators differ). Here each noise value
 is a pure function of ``(seed, image index, pixel index)``: an integer hash (Wellons' "lowbias32",
 computed exactly in int64 tensor arithmetic, so every device gives the same bits) turned into
-uniforms and standard normals by Box-Muller (the last float rounding may differ across devices). The noise for level σ is σ times the same
-standard normal field, so σ = 0 is the clean image exactly and the levels are nested.
+uniforms and standard normals by Box-Muller (the last float rounding may differ across devices).
+The noise for level σ is σ times the same standard normal field, so σ = 0 is the clean image
+exactly and the levels are nested.
 """
 
 from __future__ import annotations

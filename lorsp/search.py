@@ -11,7 +11,6 @@ until ``--resume`` asks for it again and finishes it under the same number.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +208,8 @@ def rdb_storage(uri: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(uri, heartbeat_interval=None, engine_kwargs=_engine_kwargs(uri))
     except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
         reason = str(err).splitlines()[0][:200]
-        raise ConfigError(f"--storage {uri}: cannot open the Optuna storage ({reason}); check the URI and that the database is up") from None
+        raise ConfigError(f"--storage {uri}: cannot open the Optuna storage ({reason}); check the URI and that "
+                          "the database is up") from None
 
 
 def _engine_kwargs(uri: str) -> dict[str, Any]:
@@ -253,8 +253,8 @@ def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resu
     if found is None:
         if resume:
             raise ConfigError(f"--resume: no study named '{study.name}' in the storage; drop --resume to start it")
-        created = optuna.create_study(study_name=study.name, storage=storage,
-                                      directions=["maximize" if o.mode == "max" else "minimize" for o in study.objectives])
+        directions = ["maximize" if o.mode == "max" else "minimize" for o in study.objectives]
+        created = optuna.create_study(study_name=study.name, storage=storage, directions=directions)
         # The study file travels with the study, so `lorsp.pareto` / `lorsp.export` need only its name.
         created.set_user_attr(STUDY_CONFIG_ATTR, study.model_dump_json())
         return 0, 0, study.search.num_samples
@@ -331,7 +331,8 @@ def open_stored_study(name: str, storage: str | None,
     if storage is None:
         db = base / "optuna.db"
         if not db.is_file():
-            raise ConfigError(f"no Optuna database at {db}; pass --root DIR (the study's tracking.root) or --storage URI")
+            raise ConfigError(f"no Optuna database at {db}; pass --root DIR (the study's tracking.root) "
+                              "or --storage URI")
         storage = f"sqlite:///{db}"
     opened = rdb_storage(storage)
     study = stored_config(opened, name)

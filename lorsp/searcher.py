@@ -22,8 +22,18 @@ from lorsp.config import StudyConfig
 from lorsp.metrics import reported
 from lorsp.outcome import ERROR_KEY, Outcome, outcome_of
 from lorsp.search import (
-    CHECKPOINT, EPOCHS_DONE, ERROR, INTERRUPTIONS, METRICS_PREFIX, TRIAL_KEY, TUNE_TRIAL_ID, balanced_cells,
-    ConditionalSpace, create_sampler, mark_interrupted, next_balanced_cell,
+    CHECKPOINT,
+    EPOCHS_DONE,
+    ERROR,
+    INTERRUPTIONS,
+    METRICS_PREFIX,
+    TRIAL_KEY,
+    TUNE_TRIAL_ID,
+    ConditionalSpace,
+    balanced_cells,
+    create_sampler,
+    mark_interrupted,
+    next_balanced_cell,
 )
 
 

@@ -10,7 +10,12 @@ import pytest
 
 from lorsp.config import load_study
 from lorsp.confirm import (
-    Confirmation, fresh_seeds, mean_interval, stored_results, store_result, summarise,
+    Confirmation,
+    fresh_seeds,
+    mean_interval,
+    store_result,
+    stored_results,
+    summarise,
 )
 from tests.conftest import QUICKSTART
 

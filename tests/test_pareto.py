@@ -6,6 +6,7 @@ No Ray here: the CLI test builds a real Optuna RDB storage the way `lorsp.tune` 
 from __future__ import annotations
 
 import csv
+
 import numpy as np
 import optuna
 import pyarrow.parquet as pq

@@ -12,8 +12,20 @@ import pytest
 from lorsp.config import ConfigError, load_study
 from lorsp.prompts import PROMPTERS
 from lorsp.search import (
-    CHECKPOINT, INTERRUPTIONS, ConditionalSpace, balanced_cells, create_sampler, mark_interrupted, method_knobs,
-    next_balanced_cell, prepare_study, rdb_storage, sampler_seed, storage_uri, unused_knobs, used_knobs,
+    CHECKPOINT,
+    INTERRUPTIONS,
+    ConditionalSpace,
+    balanced_cells,
+    create_sampler,
+    mark_interrupted,
+    method_knobs,
+    next_balanced_cell,
+    prepare_study,
+    rdb_storage,
+    sampler_seed,
+    storage_uri,
+    unused_knobs,
+    used_knobs,
 )
 from tests.conftest import QUICKSTART
 

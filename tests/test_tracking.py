@@ -59,7 +59,7 @@ class Server:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         from lorsp.mlflow_server import server_command
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ class Server:
         atexit.register(self.kill)
         return self
 
-    def wait(self, timeout: float = 240.0) -> "Server":
+    def wait(self, timeout: float = 240.0) -> Server:
         from lorsp.mlflow_server import wait_until_up
 
         if not wait_until_up(self.uri, self.process, timeout):

@@ -7,9 +7,9 @@ beside trials that trained for twenty would compare unlike things.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -182,15 +182,21 @@ class FrontSummary:
         return ", ".join(f"{m}={_short(v)}" for (m, _), v in zip(self.objectives, self.reference))
 
 
+def _matrix(records: list[TrialRecord], objectives: Sequence[tuple[str, str]]) -> np.ndarray:
+    """The objectives of `records` as a [trials, objectives] array (empty rows allowed)."""
+    rows = [[r.values[m] for m, _ in objectives] for r in records]
+    return np.array(rows, dtype=float).reshape(-1, len(objectives))
+
+
 def summarise(records: list[TrialRecord], objectives: Sequence[tuple[str, str]]) -> FrontSummary:
     """Front, reference point and hypervolume (raw and normalised to the ideal-reference box)."""
     objectives = [(m, mode) for m, mode in objectives]
     eligible = [r for r in records if r.pareto_rank is not None]
     front = sorted((r for r in eligible if r.pareto), key=lambda r: r.number)
     modes = [mode for _, mode in objectives]
-    values = np.array([[r.values[m] for m, _ in objectives] for r in eligible], dtype=float).reshape(-1, len(objectives))
+    values = _matrix(eligible, objectives)
     ref = reference_point(objectives, values)
-    front_values = np.array([[r.values[m] for m, _ in objectives] for r in front], dtype=float).reshape(-1, len(objectives))
+    front_values = _matrix(front, objectives)
     hv = hypervolume(front_values, modes, ref) if len(front) else 0.0
     box = float(np.prod(np.abs(ref - ideal_point(objectives, values))))
     return FrontSummary(objectives=objectives, eligible=eligible, front=front, reference=ref, hypervolume=hv,

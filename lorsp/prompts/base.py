@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ClassVar, Iterator, Optional
+from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +58,7 @@ class Prompter(nn.Module):
         """Density and firing rate of the last forward as detached 0-dim tensors (read them lazily)."""
         return {"density": self._density, "firing_rate": self._firing_rate}
 
-    def _record(self, prompt: Tensor, firing_rate: Optional[Tensor] = None) -> None:
+    def _record(self, prompt: Tensor, firing_rate: Tensor | None = None) -> None:
         """Keep the last batch's statistics on the prompt's device; no ``.item()``, so no sync."""
         with torch.no_grad():
             self._density = (prompt != 0).float().mean()

@@ -29,8 +29,6 @@ eager loop here is the reference they are tested against.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -56,10 +54,10 @@ def _simulate(
     timesteps: int,
     threshold: float,
     alpha: float,
-    tau: Optional[float],
+    tau: float | None,
     need_grad: bool,
-    record: Optional[list[Tensor]] = None,
-) -> tuple[Tensor, Optional[Tensor]]:
+    record: list[Tensor] | None = None,
+) -> tuple[Tensor, Tensor | None]:
     """Run T steps; return (rate, d rate / d current or None).
 
     The charge/fire/reset lines must stay operation-for-operation equal to SpikingJelly's
@@ -109,12 +107,12 @@ def signed_counts(
     timesteps: int,
     threshold: float,
     alpha: float,
-    tau: Optional[float],
+    tau: float | None,
     need_grad: bool = True,
     *,
-    counts_out: Optional[Tensor] = None,
-    deriv_out: Optional[Tensor] = None,
-) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    counts_out: Tensor | None = None,
+    deriv_out: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """A ±I pair of LIF populations (LoRSP's neurons) from one simulation of the active one.
 
     Returns ``(signed_rate, counts, deriv)``: ``signed_rate = rate(+I) − rate(−I)`` (fp32, bit-equal
@@ -147,7 +145,7 @@ def signed_counts(
         acc.zero_()
         s = torch.empty_like(a)
         r = torch.empty_like(a)
-        weight: Optional[Tensor] = None  # W_1 = 1, materialised from step 2 on
+        weight: Tensor | None = None  # W_1 = 1, materialised from step 2 on
         one = torch.ones((), dtype=a.dtype, device=a.device)
         offset = torch.full((), -alpha * thr, dtype=a.dtype, device=a.device)
     for t in range(1, T + 1):
@@ -228,7 +226,7 @@ def lif_rate(
     timesteps: int,
     threshold: float,
     alpha: float,
-    tau: Optional[float] = None,
+    tau: float | None = None,
 ) -> Tensor:
     """Mean firing rate over ``timesteps`` of LIF neurons (IF when ``tau is None``) with constant input.
 
@@ -258,7 +256,7 @@ def reference_rate(
     timesteps: int,
     threshold: float,
     alpha: float,
-    tau: Optional[float] = None,
+    tau: float | None = None,
 ) -> Tensor:
     """The same rate through SpikingJelly's own neurons: the ground truth the fast path is tested on.
 

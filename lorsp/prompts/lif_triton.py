@@ -18,8 +18,6 @@ the kernels run on CPU tensors, which is how the tests check them on machines wi
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
@@ -149,9 +147,9 @@ def spike_prompt_forward(
     timesteps: int,
     threshold: float,
     alpha: float,
-    tau: Optional[float],
+    tau: float | None,
     need_grad: bool,
-) -> tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """(prompt [N,3,L,L] fp32, signed counts int8 [K,N,3,L,L], E fp32 or None, spike total int64 0-dim)."""
     if timesteps > 127:
         raise ValueError("the fused kernel stores spike counts as int8: timesteps must be <= 127")

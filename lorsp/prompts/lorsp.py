@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +55,7 @@ def factor_current(factor: Tensor, beta: Tensor, centred: Tensor) -> Tensor:
     return torch.addcmul(factor, beta[:, None, None], centred)
 
 
-def mix(prompt: Optional[Tensor], rho: Tensor, amplitude: Tensor) -> Tensor:
+def mix(prompt: Tensor | None, rho: Tensor, amplitude: Tensor) -> Tensor:
     """``prompt + a_k ⊙ ρ_k`` (``a_k ⊙ ρ_k`` for the first factor), in factor order, as both paths do."""
     weight = amplitude[:, None, None]
     if prompt is None:
@@ -122,9 +121,9 @@ def _spike_prompt(
     timesteps: int,
     threshold: float,
     alpha: float,
-    tau: Optional[float],
+    tau: float | None,
     need_grad: bool,
-) -> tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """(prompt [N,3,L,L], signed counts [K,N,3,L,L] int, E [K,N,3,L,L] fp32 or None, spike total)."""
     if _use_triton(x.device) and timesteps <= 127:
         from .lif_triton import spike_prompt_forward
@@ -134,7 +133,7 @@ def _spike_prompt(
     K = factor.shape[0]
     counts = torch.empty((K, *x.shape), dtype=count_dtype(timesteps), device=x.device)
     deriv = torch.empty((K, *x.shape), dtype=torch.float32, device=x.device) if need_grad else None
-    prompt: Optional[Tensor] = None
+    prompt: Tensor | None = None
     for k in range(K):
         current = factor_current(factor[k], beta[k], centred)
         rho, _, _ = signed_counts(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +69,7 @@ class SpikeNVPTPrompter(Prompter):
             self.rank = 0
             self.theta = nn.Parameter(start + torch.randn(3, L, L) * A_INIT_STD)
         self.amplitude = nn.Parameter(torch.zeros(3))
-        self._cache: Optional[tuple[tuple, Tensor, Tensor, Tensor]] = None
+        self._cache: tuple[tuple, Tensor, Tensor, Tensor] | None = None
 
     def current(self) -> Tensor:
         """The learnt, noise-free current θ: [3, L, L] fp32."""
@@ -115,6 +114,6 @@ class SpikeNVPTPrompter(Prompter):
         _, prompt, self._density, self._firing_rate = self._cache
         return prompt
 
-    def train(self, mode: bool = True) -> "SpikeNVPTPrompter":
+    def train(self, mode: bool = True) -> SpikeNVPTPrompter:
         self._cache = None
         return super().train(mode)
