@@ -16,6 +16,7 @@ checkpoint, and ``--resume`` finishes them under the same trial numbers.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import signal
@@ -271,6 +272,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     pinned = os.environ.get("RAY_GCS_SERVER_PORT")
     if local:
         print("starting an embedded local Ray (pass --address to use a cluster)", flush=True)
+        # A local Ray makes its own auth token; its notice about token authentication is not news here.
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
         port = free_port()
         env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
@@ -411,6 +414,11 @@ def run_study(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # A failed trial reports only its error, without the scheduler's metric: that is not a bug.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # lorsp prints its own line per trial: Tune's new-style console output (a configuration box, a
+    # TensorBoard hint) and its "slow callback" warnings for an MLflow call on a loaded machine would
+    # bury those lines; the legacy reporter honours verbose=0.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
     interruption = interruption or Interruption()
     progress = ProgressCallback(study, total=todo)
     inline = not study.resources.uses_ray_train
