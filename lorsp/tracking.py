@@ -16,7 +16,8 @@ Layout of an experiment (name = study name)::
       trial-<n>             child run    tags mlflow.parentRunId, lorsp.role=trial, optuna_trial,
                                          tune_trial_id, node_id, node_ip, hostname, gpu, pareto,
                                          pareto_rank; params = the sampled values; per-epoch metrics
-                                         (step = epoch); artifact checkpoint/prompt.safetensors
+                                         (step = epoch); artifacts checkpoint/prompt.safetensors,
+                                         checkpoint/config.yaml, prompts/gallery.png (lorsp.gallery)
 
 Default store: ``sqlite:////ABS/<tracking.root>/mlflow.db`` with artifacts under
 ``<tracking.root>/mlartifacts``; ``tracking.uri`` (``--tracking-uri``) names a server instead.
@@ -41,6 +42,7 @@ import yaml
 from ray.tune import Callback
 
 from lorsp.config import ConfigError, StudyConfig
+from lorsp.gallery import GALLERY_FILE
 from lorsp.metrics import reported
 from lorsp.outcome import ERROR_KEY, TRACEBACK_KEY, Outcome, outcome_of, outcome_of_state
 from lorsp.pareto import REFERENCE_RULE, TrialRecord, summarise
@@ -64,10 +66,12 @@ OPTUNA_TRIAL = "optuna_trial"
 TUNE_TRIAL_ID = "tune_trial_id"
 PARENT_ID = "mlflow.parentRunId"
 CHECKPOINT_ARTIFACTS = "checkpoint"
+PROMPT_ARTIFACTS = "prompts"
 
 PLACEMENT = ("node_id", "node_ip", "hostname", "gpu")
 VERSIONED = ("lorsp", "torch", "torchvision", "timm", "spikingjelly", "ray", "optuna", "mlflow", "numpy")
 _CHECKPOINT_FILES = ("prompt.safetensors", "config.yaml")
+_FETCHED_FILES = (*_CHECKPOINT_FILES, GALLERY_FILE)
 
 
 def _quiet_mlflow_logs() -> None:
@@ -215,7 +219,9 @@ class Store:
         self.client.log_text(run_id, text, name)
 
     def log_checkpoint(self, run_id: str, checkpoint: str | None) -> bool:
-        """Upload the prompt+head (safetensors) and the resolved config of a trial's checkpoint."""
+        """Upload the prompt+head (safetensors) and the resolved config of a trial's checkpoint, and
+        its prompt gallery (drawn after the last epoch, and after epochs a scheduler may stop the trial
+        on) as `prompts/gallery.png`."""
         if not checkpoint:
             return False
         with tempfile.TemporaryDirectory(prefix="lorsp-ckpt-") as tmp:
@@ -227,6 +233,8 @@ class Store:
                 return False
             for file in files:
                 self.client.log_artifact(run_id, str(file), CHECKPOINT_ARTIFACTS)
+            if (folder / GALLERY_FILE).is_file():
+                self.client.log_artifact(run_id, str(folder / GALLERY_FILE), PROMPT_ARTIFACTS)
         return True
 
     def create_child(self, parent_id: str, number: int | None, tune_trial_id: str | None,
@@ -653,7 +661,7 @@ def fetch_checkpoint(location: str, dest: Path) -> Path | None:
         fs, path = pafs.FileSystem.from_uri(location)
         target = dest / "checkpoint"
         target.mkdir(parents=True, exist_ok=True)
-        for name in _CHECKPOINT_FILES:
+        for name in _FETCHED_FILES:
             try:
                 pafs.copy_files(f"{path}/{name}", str(target / name), source_filesystem=fs)
             except Exception:
