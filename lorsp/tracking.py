@@ -44,8 +44,10 @@ from ray.tune import Callback
 from lorsp.config import ConfigError, StudyConfig
 from lorsp.gallery import GALLERY_FILE
 from lorsp.metrics import reported
+from lorsp.mlflow_views import OBJECTIVES_TAG, ROLE, STUDY
 from lorsp.outcome import ERROR_KEY, TRACEBACK_KEY, Outcome, outcome_of, outcome_of_state
 from lorsp.pareto import REFERENCE_RULE, TrialRecord, summarise
+from lorsp.relocate import describe, relocate_store, under_root
 from lorsp.report import plot_front, plot_fronts_by, trial_rows, write_table
 from lorsp.search import TRIAL_KEY
 
@@ -60,8 +62,6 @@ MLFLOW_CLIENT_ENV = {
 }
 PROBE_TIMEOUT_S = 3.0
 
-ROLE = "lorsp.role"
-STUDY = "lorsp.study"
 OPTUNA_TRIAL = "optuna_trial"
 TUNE_TRIAL_ID = "tune_trial_id"
 PARENT_ID = "mlflow.parentRunId"
@@ -184,7 +184,7 @@ class Store:
         commit, dirty = _git_commit()
         tags = {ROLE: "study", STUDY: study.name, "sampler": study.search.sampler,
                 "seed": str(study.search.seed), "selection": "validation (test accuracy is reported, never selected on)",
-                "objectives": ", ".join(f"{o.mode} {o.metric}" for o in study.objectives)}
+                OBJECTIVES_TAG: ", ".join(f"{o.mode} {o.metric}" for o in study.objectives)}
         if commit:
             tags["mlflow.source.git.commit"] = commit
             tags["git_commit"] = commit
@@ -267,12 +267,16 @@ def connect(study: StudyConfig, uri: str | None = None) -> Store:
     """Open (creating if needed) the study's experiment; every failure is one-line ConfigError.
 
     A server address is probed first with a short timeout, so a dead server is reported in
-    seconds rather than after MLflow's retries.
+    seconds rather than after MLflow's retries. An embedded store that was moved or copied is
+    first pointed at the artifacts beside it (:func:`lorsp.relocate.relocate_store`, one line says so).
     """
     _quiet_mlflow_logs()
     uri = tracking_uri(study, uri)
     if is_server(uri):
         probe_server(uri)
+    moved = relocate_store(uri)  # a study folder copied from elsewhere: its artifacts are beside it now
+    if moved:
+        print(f"note: {describe(moved, uri)}", file=sys.stderr, flush=True)
     from mlflow import MlflowClient
     from mlflow.entities import LifecycleStage
 
@@ -552,6 +556,8 @@ def finish_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
 def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None = None,
                  checkpoint_lookup: Callable[[TrialRecord], str | None] | None = None) -> dict[str, Any]:
     """The work of :func:`finish_study` and `relog`, raising ConfigError on an unreachable store."""
+    from lorsp.search import default_root
+
     store = connect(study, uri)
     parent_id, _ = store.ensure_parent()
     children = store.child_runs()
@@ -586,7 +592,7 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
             if stale:
                 store.log_metrics(run_id, stale, record.epochs_done)
             if not any(a.path == CHECKPOINT_ARTIFACTS for a in _safe_list(store, run_id)):
-                checkpoint = run.data.tags.get("checkpoint_path") or lookup(record)
+                checkpoint = under_root(run.data.tags.get("checkpoint_path"), default_root(study)) or lookup(record)
                 if checkpoint:
                     store.log_checkpoint(run_id, checkpoint)
             if run.info.status == "RUNNING":
@@ -674,20 +680,21 @@ def fetch_checkpoint(location: str, dest: Path) -> Path | None:
 def find_checkpoint(study: StudyConfig, record: TrialRecord) -> str | None:
     """The checkpoint folder of a trial's last reported epoch, found on disk.
 
-    Uses the trial's stored `checkpoint_path` when the searcher recorded one, else looks where
+    Uses the trial's stored `checkpoint_path` when the searcher recorded one (found under the
+    study's current root when the folder was moved since: :func:`lorsp.relocate.under_root`), else looks where
     the two launchers write (`<root>/ray/<study>-<tune trial id>/` for a Ray Train run,
     `<root>/ray/<experiment>/<study>-<tune trial id>/` for an inline Tune trial) and takes the one
     whose epoch matches the epochs the trial reported (a stopped trial may have written one more
     before it was stopped).
     """
-    stored = record.checkpoint_path
+    from lorsp.search import default_root
+
+    stored = under_root(record.checkpoint_path, default_root(study))
     if stored and (Path(stored).is_dir() or "://" in str(stored)):
         return str(stored)
     tune_id = record.tune_trial_id
     if not tune_id:
         return None
-    from lorsp.search import default_root
-
     ray_root = default_root(study) / "ray"
     folder = f"{study.name}-{tune_id}"
     found = [*ray_root.glob(f"{folder}/checkpoint_*"), *ray_root.glob(f"*/{folder}/checkpoint_*")]
