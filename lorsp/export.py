@@ -445,7 +445,7 @@ def export(name: str, out: str | Path, *, pareto: bool = False, run_id: str | No
     records = trial_records(study, opened)
     if not records:
         raise ConfigError(f"study '{name}' has no trials; run it with python -m lorsp.tune")
-    store, runs, parent_id = _open_tracking(study, tracking, required=bool(run_id or register_as))
+    store, runs, parent_id = open_tracking(study, tracking, required=bool(run_id or register_as))
     run_trial = None
     if run_id:
         run_trial = _trial_of_run(store, study, run_id)
@@ -464,7 +464,10 @@ def export(name: str, out: str | Path, *, pareto: bool = False, run_id: str | No
     return rows
 
 
-def _open_tracking(study: StudyConfig, tracking: str | None, required: bool) -> tuple[Any, dict[int, Any], str | None]:
+def open_tracking(study: StudyConfig, tracking: str | None, required: bool) -> tuple[Any, dict[int, Any], str | None]:
+    """(store, child runs by trial number, parent run id) of the study's MLflow experiment; when the store
+    cannot be reached, a warning and (None, {}, None), so the tools fall back to the checkpoint folders,
+    unless `required`."""
     from lorsp.tracking import connect
 
     try:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 def front_gallery(study: Any, front: list[Any], objectives: list[tuple[str, str]], png: Path) -> Path | None:
     """The galleries of the front's trials side by side, best first by the first objective; None
     (with a line saying why) when no member of the front has one."""
-    from lorsp.export import _open_tracking, fetch_gallery
+    from lorsp.export import fetch_gallery, open_tracking
     from lorsp.gallery import side_by_side
 
     metric, mode = objectives[0]
@@ -86,7 +86,7 @@ def front_gallery(study: Any, front: list[Any], objectives: list[tuple[str, str]
     shown = ranked[:GALLERY_MAX]
     if len(ranked) > len(shown):
         print(f"--gallery: showing the best {len(shown)} of the {len(ranked)} trials on the front by {metric}")
-    store, runs, _ = _open_tracking(study, None, required=False)
+    store, runs, _ = open_tracking(study, None, required=False)
     with tempfile.TemporaryDirectory(prefix="lorsp-gallery-") as tmp:
         found, missing = [], []
         for record in shown:
