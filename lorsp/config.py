@@ -10,6 +10,7 @@ learn about a typo.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -277,6 +278,20 @@ class SchedulerConfig(_Section):
         return self
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
+
+    def stop_epochs(self, epochs: int) -> tuple[int, ...]:
+        """Epochs after which this scheduler may stop a trial of `epochs` epochs, so that a trial
+        can leave what it needs (its prompt gallery) in the checkpoint it may end on.
+
+        ASHA's rungs as Ray's ``_Bracket`` places them for ``lorsp.tune``'s scheduler (one bracket,
+        ``max_t = epochs``): ``grace·rf^k`` for ``k < ⌊log(max_t/grace)/log(rf)⌋ + 1``, each decided
+        at the first whole epoch that reaches it.
+        """
+        if self.type != "asha":
+            return ()
+        grace = min(self.grace_period, epochs)
+        rungs = int(math.log(epochs / grace) / math.log(self.reduction_factor) + 1)
+        return tuple(sorted({math.ceil(grace * self.reduction_factor**k) for k in range(rungs)}))
 
 
 class SearchConfig(_Section):

@@ -7,10 +7,13 @@ One folder per exported trial::
                                          (random init, `pretrained: false`), or with --include-backbone
     OUT/trial-<n>/lorsp.json             backbone (timm name, kwargs, weights source), method, the full
                                          resolved study config, metrics, MLflow run id
+    OUT/trial-<n>/gallery.png            the prompt on a few fixed validation images (lorsp.gallery),
+                                         when the trial drew one (it does after its last epoch)
     OUT/manifest.parquet, manifest.csv   one row per exported prompt
 
 The weights come from the trial's MLflow run (artifact `checkpoint/prompt.safetensors`), or, when
-the run or its artifact is missing, from the trial's Ray Train checkpoint folder.
+the run or its artifact is missing, from the trial's Ray Train checkpoint folder; the gallery
+likewise (artifact `prompts/gallery.png`, else the checkpoint folder's `gallery.png`).
 
 Loading (`lorsp.load(OUT/trial-<n>)`) builds the model with :func:`lorsp.model.build_model` and
 returns it in eval mode: input float32 images [N, 3, L, L] in [0, 1] (the backbone's
@@ -36,6 +39,7 @@ from typing import Any
 import yaml
 
 from lorsp.config import ConfigError, StudyConfig, stored_study
+from lorsp.gallery import GALLERY_FILE
 from lorsp.metrics import METRICS, selection_error
 
 FORMAT = "lorsp-export/1"
@@ -187,6 +191,10 @@ def export_trial(study: StudyConfig, record: Any, out: Path, *, run: Any | None 
     with tempfile.TemporaryDirectory(prefix="lorsp-export-") as tmp:
         source, weights, config_text = _fetch_weights(study, record, run, store, Path(tmp))
         shutil.copyfile(weights, folder / PROMPT_FILE)
+        gallery = fetch_gallery(study, record, run, store, Path(tmp))
+        if gallery is not None:
+            shutil.copyfile(gallery, folder / GALLERY_FILE)
+    has_gallery = (folder / GALLERY_FILE).is_file()
     config = stored_study(yaml.safe_load(config_text)) if config_text else study.with_params(record.params)
     state = load_file(str(folder / PROMPT_FILE))
     if "head.weight" not in state:
@@ -230,14 +238,16 @@ def export_trial(study: StudyConfig, record: Any, out: Path, *, run: Any | None 
         "selection": "validation accuracy; test accuracy is reported, never used to select",
         "versions": _versions(),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "files": {"prompt": PROMPT_FILE, "backbone": BACKBONE_FILE if saved_backbone else None},
+        "files": {"prompt": PROMPT_FILE, "backbone": BACKBONE_FILE if saved_backbone else None,
+                  "gallery": GALLERY_FILE if has_gallery else None},
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     row = {"trial": record.number, "path": str(folder.resolve()), "method": config.prompt.method,
            "backbone": b.model, "backbone_saved": saved_backbone, "mlflow_run_id": meta["mlflow_run_id"],
            "weights_from": source, "pareto": record.pareto, "pareto_rank": record.pareto_rank,
            "num_classes": num_classes, "image_size": config.data.image_size,
-           "params": json.dumps(record.params, sort_keys=True)}
+           "params": json.dumps(record.params, sort_keys=True),
+           "gallery": str((folder / GALLERY_FILE).resolve()) if has_gallery else None}
     row.update({m: record.values.get(m) for m in ("val_acc", "test_acc", "prompt_density", "firing_rate",
                                                   "trainable_params", "prompt_params")})
     return row
@@ -246,7 +256,7 @@ def export_trial(study: StudyConfig, record: Any, out: Path, *, run: Any | None 
 def _fetch_weights(study: StudyConfig, record: Any, run: Any | None, store: Any | None,
                    tmp: Path) -> tuple[str, Path, str | None]:
     """(where from, prompt.safetensors path, config.yaml text or None): MLflow artifact, else checkpoint folder."""
-    from lorsp.tracking import CHECKPOINT_ARTIFACTS, fetch_checkpoint, find_checkpoint
+    from lorsp.tracking import CHECKPOINT_ARTIFACTS
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if run is not None and store is not None:
@@ -258,15 +268,52 @@ def _fetch_weights(study: StudyConfig, record: Any, run: Any | None, store: Any 
                         local / PROMPT_FILE, config.read_text() if config.is_file() else None)
         except Exception:
             pass  # missing artifact or unreachable store: fall back to the checkpoint folder
-    location = (run.data.tags.get("checkpoint_path") if run is not None else None) or find_checkpoint(study, record)
-    folder = fetch_checkpoint(location, tmp / "ckpt") if location else None
-    if folder is None or not (folder / PROMPT_FILE).is_file():
+    found = _checkpoint_folder(study, record, run, tmp)
+    if found is None:
         raise ConfigError(
             f"trial {record.number}: no weights found (no MLflow artifact {CHECKPOINT_ARTIFACTS}/{PROMPT_FILE}, "
             f"no checkpoint folder under {study.tracking.root}/ray); was the study run with lorsp.tune?"
         )
+    location, folder = found
     config = folder / "config.yaml"
     return f"checkpoint {location}", folder / PROMPT_FILE, config.read_text() if config.is_file() else None
+
+
+def _checkpoint_folder(study: StudyConfig, record: Any, run: Any | None, tmp: Path) -> tuple[str, Path] | None:
+    """(location, local folder) of the trial's checkpoint: the run's `checkpoint_path` tag, else the
+    Optuna record's, else a search of the Ray folder; recorded paths are looked up under the study's
+    current root too, so a study folder that was moved or copied still has its checkpoints."""
+    from lorsp.relocate import under_root
+    from lorsp.search import default_root
+    from lorsp.tracking import fetch_checkpoint, find_checkpoint
+
+    tagged = run.data.tags.get("checkpoint_path") if run is not None else None
+    for location in (under_root(tagged, default_root(study)), find_checkpoint(study, record)):
+        folder = fetch_checkpoint(location, tmp / "ckpt") if location else None
+        if folder is not None and (folder / PROMPT_FILE).is_file():
+            return location, folder
+    return None
+
+
+def fetch_gallery(study: StudyConfig, record: Any, run: Any | None, store: Any | None, tmp: Path) -> Path | None:
+    """The trial's prompt gallery: MLflow artifact `prompts/gallery.png`, else its checkpoint folder's; None
+    for a trial that drew none (stopped before its last epoch, or recorded before galleries existed)."""
+    from lorsp.tracking import PROMPT_ARTIFACTS
+
+    if run is not None and store is not None:
+        try:
+            target = tmp / "gallery"
+            target.mkdir(exist_ok=True)
+            local = Path(store.client.download_artifacts(run.info.run_id, f"{PROMPT_ARTIFACTS}/{GALLERY_FILE}",
+                                                         str(target)))
+            if local.is_file():
+                return local
+        except Exception:
+            pass  # no such artifact or an unreachable store: look in the checkpoint folder
+    found = _checkpoint_folder(study, record, run, tmp)
+    if found is not None and (found[1] / GALLERY_FILE).is_file():
+        return found[1] / GALLERY_FILE
+    return None
 
 
 def _backbone_source(config: StudyConfig, saved: bool) -> str:
@@ -398,7 +445,7 @@ def export(name: str, out: str | Path, *, pareto: bool = False, run_id: str | No
     records = trial_records(study, opened)
     if not records:
         raise ConfigError(f"study '{name}' has no trials; run it with python -m lorsp.tune")
-    store, runs, parent_id = _open_tracking(study, tracking, required=bool(run_id or register_as))
+    store, runs, parent_id = open_tracking(study, tracking, required=bool(run_id or register_as))
     run_trial = None
     if run_id:
         run_trial = _trial_of_run(store, study, run_id)
@@ -417,7 +464,10 @@ def export(name: str, out: str | Path, *, pareto: bool = False, run_id: str | No
     return rows
 
 
-def _open_tracking(study: StudyConfig, tracking: str | None, required: bool) -> tuple[Any, dict[int, Any], str | None]:
+def open_tracking(study: StudyConfig, tracking: str | None, required: bool) -> tuple[Any, dict[int, Any], str | None]:
+    """(store, child runs by trial number, parent run id) of the study's MLflow experiment; when the store
+    cannot be reached, a warning and (None, {}, None), so the tools fall back to the checkpoint folders,
+    unless `required`."""
     from lorsp.tracking import connect
 
     try:

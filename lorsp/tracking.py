@@ -16,7 +16,8 @@ Layout of an experiment (name = study name)::
       trial-<n>             child run    tags mlflow.parentRunId, lorsp.role=trial, optuna_trial,
                                          tune_trial_id, node_id, node_ip, hostname, gpu, pareto,
                                          pareto_rank; params = the sampled values; per-epoch metrics
-                                         (step = epoch); artifact checkpoint/prompt.safetensors
+                                         (step = epoch); artifacts checkpoint/prompt.safetensors,
+                                         checkpoint/config.yaml, prompts/gallery.png (lorsp.gallery)
 
 Default store: ``sqlite:////ABS/<tracking.root>/mlflow.db`` with artifacts under
 ``<tracking.root>/mlartifacts``; ``tracking.uri`` (``--tracking-uri``) names a server instead.
@@ -41,9 +42,12 @@ import yaml
 from ray.tune import Callback
 
 from lorsp.config import ConfigError, StudyConfig
+from lorsp.gallery import GALLERY_FILE
 from lorsp.metrics import reported
+from lorsp.mlflow_views import OBJECTIVES_TAG, ROLE, STUDY
 from lorsp.outcome import ERROR_KEY, TRACEBACK_KEY, Outcome, outcome_of, outcome_of_state
 from lorsp.pareto import REFERENCE_RULE, TrialRecord, summarise
+from lorsp.relocate import describe, relocate_store, under_root
 from lorsp.report import plot_front, plot_fronts_by, trial_rows, write_table
 from lorsp.search import TRIAL_KEY
 
@@ -58,16 +62,16 @@ MLFLOW_CLIENT_ENV = {
 }
 PROBE_TIMEOUT_S = 3.0
 
-ROLE = "lorsp.role"
-STUDY = "lorsp.study"
 OPTUNA_TRIAL = "optuna_trial"
 TUNE_TRIAL_ID = "tune_trial_id"
 PARENT_ID = "mlflow.parentRunId"
 CHECKPOINT_ARTIFACTS = "checkpoint"
+PROMPT_ARTIFACTS = "prompts"
 
 PLACEMENT = ("node_id", "node_ip", "hostname", "gpu")
 VERSIONED = ("lorsp", "torch", "torchvision", "timm", "spikingjelly", "ray", "optuna", "mlflow", "numpy")
 _CHECKPOINT_FILES = ("prompt.safetensors", "config.yaml")
+_FETCHED_FILES = (*_CHECKPOINT_FILES, GALLERY_FILE)
 
 
 def _quiet_mlflow_logs() -> None:
@@ -180,7 +184,7 @@ class Store:
         commit, dirty = _git_commit()
         tags = {ROLE: "study", STUDY: study.name, "sampler": study.search.sampler,
                 "seed": str(study.search.seed), "selection": "validation (test accuracy is reported, never selected on)",
-                "objectives": ", ".join(f"{o.mode} {o.metric}" for o in study.objectives)}
+                OBJECTIVES_TAG: ", ".join(f"{o.mode} {o.metric}" for o in study.objectives)}
         if commit:
             tags["mlflow.source.git.commit"] = commit
             tags["git_commit"] = commit
@@ -215,7 +219,9 @@ class Store:
         self.client.log_text(run_id, text, name)
 
     def log_checkpoint(self, run_id: str, checkpoint: str | None) -> bool:
-        """Upload the prompt+head (safetensors) and the resolved config of a trial's checkpoint."""
+        """Upload the prompt+head (safetensors) and the resolved config of a trial's checkpoint, and
+        its prompt gallery (drawn after the last epoch, and after epochs a scheduler may stop the trial
+        on) as `prompts/gallery.png`."""
         if not checkpoint:
             return False
         with tempfile.TemporaryDirectory(prefix="lorsp-ckpt-") as tmp:
@@ -227,6 +233,8 @@ class Store:
                 return False
             for file in files:
                 self.client.log_artifact(run_id, str(file), CHECKPOINT_ARTIFACTS)
+            if (folder / GALLERY_FILE).is_file():
+                self.client.log_artifact(run_id, str(folder / GALLERY_FILE), PROMPT_ARTIFACTS)
         return True
 
     def create_child(self, parent_id: str, number: int | None, tune_trial_id: str | None,
@@ -259,12 +267,16 @@ def connect(study: StudyConfig, uri: str | None = None) -> Store:
     """Open (creating if needed) the study's experiment; every failure is one-line ConfigError.
 
     A server address is probed first with a short timeout, so a dead server is reported in
-    seconds rather than after MLflow's retries.
+    seconds rather than after MLflow's retries. An embedded store that was moved or copied is
+    first pointed at the artifacts beside it (:func:`lorsp.relocate.relocate_store`, one line says so).
     """
     _quiet_mlflow_logs()
     uri = tracking_uri(study, uri)
     if is_server(uri):
         probe_server(uri)
+    moved = relocate_store(uri)  # a study folder copied from elsewhere: its artifacts are beside it now
+    if moved:
+        print(f"note: {describe(moved, uri)}", file=sys.stderr, flush=True)
     from mlflow import MlflowClient
     from mlflow.entities import LifecycleStage
 
@@ -544,6 +556,8 @@ def finish_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
 def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None = None,
                  checkpoint_lookup: Callable[[TrialRecord], str | None] | None = None) -> dict[str, Any]:
     """The work of :func:`finish_study` and `relog`, raising ConfigError on an unreachable store."""
+    from lorsp.search import default_root
+
     store = connect(study, uri)
     parent_id, _ = store.ensure_parent()
     children = store.child_runs()
@@ -578,7 +592,7 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
             if stale:
                 store.log_metrics(run_id, stale, record.epochs_done)
             if not any(a.path == CHECKPOINT_ARTIFACTS for a in _safe_list(store, run_id)):
-                checkpoint = run.data.tags.get("checkpoint_path") or lookup(record)
+                checkpoint = under_root(run.data.tags.get("checkpoint_path"), default_root(study)) or lookup(record)
                 if checkpoint:
                     store.log_checkpoint(run_id, checkpoint)
             if run.info.status == "RUNNING":
@@ -653,7 +667,7 @@ def fetch_checkpoint(location: str, dest: Path) -> Path | None:
         fs, path = pafs.FileSystem.from_uri(location)
         target = dest / "checkpoint"
         target.mkdir(parents=True, exist_ok=True)
-        for name in _CHECKPOINT_FILES:
+        for name in _FETCHED_FILES:
             try:
                 pafs.copy_files(f"{path}/{name}", str(target / name), source_filesystem=fs)
             except Exception:
@@ -666,20 +680,21 @@ def fetch_checkpoint(location: str, dest: Path) -> Path | None:
 def find_checkpoint(study: StudyConfig, record: TrialRecord) -> str | None:
     """The checkpoint folder of a trial's last reported epoch, found on disk.
 
-    Uses the trial's stored `checkpoint_path` when the searcher recorded one, else looks where
+    Uses the trial's stored `checkpoint_path` when the searcher recorded one (found under the
+    study's current root when the folder was moved since: :func:`lorsp.relocate.under_root`), else looks where
     the two launchers write (`<root>/ray/<study>-<tune trial id>/` for a Ray Train run,
     `<root>/ray/<experiment>/<study>-<tune trial id>/` for an inline Tune trial) and takes the one
     whose epoch matches the epochs the trial reported (a stopped trial may have written one more
     before it was stopped).
     """
-    stored = record.checkpoint_path
+    from lorsp.search import default_root
+
+    stored = under_root(record.checkpoint_path, default_root(study))
     if stored and (Path(stored).is_dir() or "://" in str(stored)):
         return str(stored)
     tune_id = record.tune_trial_id
     if not tune_id:
         return None
-    from lorsp.search import default_root
-
     ray_root = default_root(study) / "ray"
     folder = f"{study.name}-{tune_id}"
     found = [*ray_root.glob(f"{folder}/checkpoint_*"), *ray_root.glob(f"*/{folder}/checkpoint_*")]

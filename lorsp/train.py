@@ -28,6 +28,7 @@ from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.data import BatchIterator, DataError, ImageSplit, Splits, load_splits_for
 from lorsp.evaluation import NoiseSpec, evaluate
 from lorsp.evaluation import autocast as _autocast
+from lorsp.gallery import GALLERY_FILE, draw_safely, title_for
 from lorsp.metrics import noise_metric_name
 from lorsp.model import PromptedClassifier, build_model
 
@@ -107,8 +108,12 @@ def _noise_metrics(split: str, result: dict[str, Any], levels: tuple[float, ...]
 
 
 def _save_checkpoint(folder: Path, model: PromptedClassifier, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, epoch: int, history: list[dict[str, float]], study: StudyConfig) -> None:
+                     scheduler: Any, epoch: int, history: list[dict[str, float]], study: StudyConfig,
+                     gallery: bytes | None = None) -> None:
     from safetensors.torch import save_file
+
+    if gallery is not None:  # the pictures drawn this epoch (lorsp.gallery): they travel with the checkpoint
+        (folder / GALLERY_FILE).write_bytes(gallery)
 
     trainable = {k: v.detach().cpu().contiguous() for k, v in model.trainable_state_dict().items()}
     save_file(trainable, str(folder / PROMPT_FILE))
@@ -196,6 +201,10 @@ def train_loop(
     levels = noise.levels if noise is not None else ()
     loss_fn = nn.CrossEntropyLoss()
     metrics: dict[str, float] = history[-1] if history else {}
+    gallery: bytes | None = None
+    # Pictures of the prompt (lorsp.gallery) go into the checkpoint a trial may end on: the last
+    # epoch's, and those after which the study's scheduler may stop it.
+    scheduler_stops = study.search.scheduler.stop_epochs(t.epochs) if study.search.scheduler else ()
     for epoch in range(first_epoch, t.epochs):
         model.train()
         train_batches.set_epoch(epoch)
@@ -247,6 +256,11 @@ def train_loop(
             metrics["test_acc"] = test["acc"]
             metrics.update(_noise_metrics("test", test, levels))
         history.append(metrics)
+        wanted = is_last or (report is not None and epoch + 1 in scheduler_stops)
+        gallery = None
+        if ctx.is_main and wanted and (report is not None or out_dir is not None):
+            gallery = draw_safely(model, splits.val, size, ctx.device, title_for(study, metrics),
+                                  splits.class_names, ctx.log)
         ctx.log(
             f"epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  train_acc {metrics['train_acc']:.3f}  "
             f"val_acc {val['acc']:.3f}  "
@@ -259,14 +273,14 @@ def train_loop(
         if report is not None:
             if ctx.is_main:
                 with tempfile.TemporaryDirectory(prefix="lorsp-ckpt-") as folder:
-                    _save_checkpoint(Path(folder), model, optimizer, scheduler, epoch, history, study)
+                    _save_checkpoint(Path(folder), model, optimizer, scheduler, epoch, history, study, gallery)
                     report(metrics, folder)
             else:
                 report(metrics, None)
     if out_dir is not None and ctx.is_main:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _save_checkpoint(out, model, optimizer, scheduler, t.epochs - 1, history, study)
+        _save_checkpoint(out, model, optimizer, scheduler, t.epochs - 1, history, study, gallery)
         summary = dict(metrics, wall_time_s=time.perf_counter() - started)
         (out / METRICS_FILE).write_text(json.dumps({"final": summary, "history": history}, indent=2))
         ctx.log(f"wrote {out / METRICS_FILE}, {out / PROMPT_FILE}, {out / CONFIG_FILE}")

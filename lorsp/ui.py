@@ -2,8 +2,11 @@
 
 Starts `mlflow server` on 127.0.0.1 over the embedded store of a root folder
 (`ROOT/mlflow.db`, artifacts in `ROOT/mlartifacts`) or over the database named by
-`--tracking-uri`, waits until it answers, prints the address and keeps serving until Ctrl-C.
-An `http(s)://` tracking URI is a server already: its address is printed and nothing is started.
+`--tracking-uri`, waits until it answers, prints the address of each study's trials and Pareto
+front (model-training mode, objectives as columns: :mod:`lorsp.mlflow_views`) and keeps serving
+until Ctrl-C. A root folder copied or moved from elsewhere is pointed at its own artifacts first
+(:mod:`lorsp.relocate`). An `http(s)://` tracking URI is a server already: the studies' addresses
+on it are printed and nothing is started.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from lorsp.config import ConfigError
 from lorsp.mlflow_server import server_command, wait_until_up
 from lorsp.ports import port_free
+from lorsp.relocate import describe, relocate_store
 
 
 def backend_for(root: str | None, tracking_uri: str | None) -> tuple[str, Path]:
@@ -30,6 +34,21 @@ def backend_for(root: str | None, tracking_uri: str | None) -> tuple[str, Path]:
     return f"sqlite:///{db}", base / "mlartifacts"
 
 
+def view_lines(tracking_uri: str, base: str, name: str | None) -> list[str]:
+    """Each study's trials and Pareto front on the UI at `base` (writing their views into the store);
+    a store that refuses costs only these lines, never the UI."""
+    from lorsp.mlflow_views import publish
+
+    try:
+        views = publish(tracking_uri, base, name)
+    except Exception as err:  # MLflow or the database: the UI still runs, only the addresses are missing
+        return [f"warning: could not write the studies' views ({str(err).splitlines()[0][:200]})"]
+    if not views:
+        return [f"  no lorsp study{f' named {name!r}' if name else ''} in this store yet"]
+    return [line for view in views for line in (f"  study '{view.name}' trials:       {view.trials_url}",
+                                                 f"  study '{view.name}' Pareto front: {view.front_url}")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lorsp.ui", description=__doc__.splitlines()[0])
     where = parser.add_mutually_exclusive_group()
@@ -37,12 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--tracking-uri", help="a tracking database URI to serve, or a running server to open")
     parser.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to start")
+    parser.add_argument("--name", help="print the addresses of this study only (default: every lorsp study)")
     args = parser.parse_args(argv)
     try:
         if args.tracking_uri and args.tracking_uri.startswith(("http://", "https://")):
             print(f"MLflow server already at {args.tracking_uri}; open it in a browser")
+            print("\n".join(view_lines(args.tracking_uri, args.tracking_uri, args.name)), flush=True)
             return 0
         backend, artifacts = backend_for(args.root, args.tracking_uri)
+        moved = relocate_store(backend)
+        if moved:
+            print(f"note: {describe(moved, backend)}", flush=True)
         if not port_free(args.port):
             raise ConfigError(f"--port {args.port}: already in use on 127.0.0.1; pick another with --port")
     except ConfigError as err:
@@ -53,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting mlflow server on {backend} ...", flush=True)
     process = subprocess.Popen(server_command(backend, artifacts, args.port))
     try:
+        views = view_lines(backend, url, args.name)  # while the server starts
         if not wait_until_up(url, process, args.timeout):
             code = process.poll()
             if code is None:
@@ -60,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: mlflow server did not start on {url} (exit code {process.poll()}); see its output above",
                   file=sys.stderr)
             return 2
-        print(f"MLflow UI: {url}  (Ctrl-C to stop)", flush=True)
+        print(f"MLflow UI: {url}  (Ctrl-C to stop)\n" + "\n".join(views), flush=True)
         return process.wait()
     except KeyboardInterrupt:
         process.send_signal(signal.SIGINT)

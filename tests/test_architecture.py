@@ -91,8 +91,9 @@ def test_no_import_cycle_inside_the_package():
 
 
 def test_the_method_layer_knows_nothing_of_ray_mlflow_or_optuna():
-    """prompts, model and train run where only torch is (the GPU machine, a notebook)."""
-    for path in [*PACKAGE.joinpath("prompts").glob("*.py"), PACKAGE / "model.py", PACKAGE / "train.py"]:
+    """prompts, model, train and the gallery it draws run where only torch is (the GPU machine, a notebook)."""
+    for path in [*PACKAGE.joinpath("prompts").glob("*.py"), PACKAGE / "model.py", PACKAGE / "train.py",
+                 PACKAGE / "gallery.py"]:
         imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
                     if isinstance(node, ast.Import) for alias in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(ast.parse(path.read_text()))

@@ -17,6 +17,7 @@ import torch
 import lorsp
 from lorsp.config import ConfigError, load_study
 from lorsp.export import BACKBONE_FILE, META_FILE, PROMPT_FILE, export_trial
+from lorsp.gallery import GALLERY_FILE
 from lorsp.pareto import TrialRecord
 from lorsp.train import train_loop
 from tests.conftest import QUICKSTART
@@ -33,7 +34,7 @@ def exported(tmp_path_factory) -> Path:
                          checkpoint_path=str(root / "checkpoint"), pareto_rank=0)
     export_trial(study, record, root / "out")
     folder = root / "out" / "trial-3"
-    assert {p.name for p in folder.iterdir()} == {META_FILE, PROMPT_FILE, BACKBONE_FILE}
+    assert {p.name for p in folder.iterdir()} == {META_FILE, PROMPT_FILE, BACKBONE_FILE, GALLERY_FILE}
     return folder
 
 

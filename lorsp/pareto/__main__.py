@@ -1,17 +1,24 @@
 """`python -m lorsp.pareto`: a stored study's Pareto front in the terminal and as Parquet/CSV/PNG.
 
 `--by method` adds one front per method on the same axes, the fair comparison of methods that a
-study with a `method` knob (e.g. search_spaces/compare.yaml) is for. When `lorsp.confirm` has
-re-trained the front with fresh seeds, the table shows the means, intervals and `confirmed`.
+study with a `method` knob (e.g. search_spaces/compare.yaml) is for. `--gallery` puts the front's
+prompt galleries (lorsp.gallery: the same validation images in every trial) side by side in one
+picture. When `lorsp.confirm` has re-trained the front with fresh seeds, the table shows the
+means, intervals and `confirmed`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from lorsp.config import ConfigError
+
+GALLERY_MAX = 12
+"""At most this many galleries side by side (the best by the first objective): each is ~700 px wide."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--by", metavar="PARAM[,PARAM]",
                         help="also one front per value of these parameters, e.g. --by method or --by method,lorsp_mode")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--gallery", action="store_true",
+                        help=f"put the front's prompt galleries side by side in OUT/front_gallery.png "
+                             f"(the best {GALLERY_MAX} by the first objective)")
     args = parser.parse_args(argv)
 
     from lorsp.confirm import confirmed_columns
@@ -53,12 +63,48 @@ def main(argv: list[str] | None = None) -> int:
         if by:
             written.append(plot_fronts_by(records, objectives, by, out / f"front_by_{'_'.join(by)}.png",
                                           title=f"{study.name}: one front per {' '.join(by)}"))
+    if args.gallery:
+        picture = front_gallery(study, summary.front, objectives, out / "front_gallery.png")
+        if picture is not None:
+            written.append(picture)
     print_front(study.name, records, summary,
                 confirmations=confirmed_columns(study, existing_study(storage, study.name), records))
     if by:
         print_fronts_by(records, objectives, by)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def front_gallery(study: Any, front: list[Any], objectives: list[tuple[str, str]], png: Path) -> Path | None:
+    """The galleries of the front's trials side by side, best first by the first objective; None
+    (with a line saying why) when no member of the front has one."""
+    from lorsp.export import fetch_gallery, open_tracking
+    from lorsp.gallery import side_by_side
+
+    metric, mode = objectives[0]
+    ranked = sorted(front, key=lambda r: (-1 if mode == "max" else 1) * float(r.values.get(metric, 0.0)))
+    shown = ranked[:GALLERY_MAX]
+    if len(ranked) > len(shown):
+        print(f"--gallery: showing the best {len(shown)} of the {len(ranked)} trials on the front by {metric}")
+    store, runs, _ = open_tracking(study, None, required=False)
+    with tempfile.TemporaryDirectory(prefix="lorsp-gallery-") as tmp:
+        found, missing = [], []
+        for record in shown:
+            folder = Path(tmp) / str(record.number)
+            folder.mkdir()
+            picture = fetch_gallery(study, record, runs.get(record.number), store, folder)
+            if picture is None:
+                missing.append(record.number)
+                continue
+            values = "  ".join(f"{m} {record.values[m]:.3g}" for m, _ in objectives if m in record.values)
+            found.append((f"trial {record.number}: {record.params.get('method', study.prompt.method)}\n{values}",
+                          picture))
+        if missing:
+            print(f"--gallery: no gallery for trial(s) {', '.join(map(str, missing))} (drawn after a trial's last "
+                  "epoch; studies recorded before galleries existed have none)")
+        if not found:
+            return None
+        return side_by_side(found, png, title=f"{study.name}: Pareto front (validation), best {metric} first")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,13 @@ class Prompter(nn.Module):
         own count, so the formula sits beside the code it describes."""
         raise NotImplementedError(f"{type(self).__name__} does not count its operations")
 
+    def spike_counts(self, x: Tensor) -> Tensor | None:
+        """Spikes each image's neurons emit over the T steps (both populations, every factor), by
+        where they act: [N, 3, L, L] for neurons per pixel, [N, K, 3] for per-factor gates; None
+        for a method without neurons. For looking at a prompt (:mod:`lorsp.gallery`): it runs the
+        neurons once more and leaves :meth:`stats` alone, so call it outside training."""
+        return None
+
     def stats(self) -> dict[str, Tensor]:
         """Density and firing rate of the last forward as detached 0-dim tensors (read them lazily)."""
         return {"density": self._density, "firing_rate": self._firing_rate}

@@ -304,6 +304,23 @@ class LoRSPPrompter(Prompter):
             self._silent_gates = (rho.detach() == 0).float().mean()
         return prompt
 
+    def spike_counts(self, x: Tensor) -> Tensor:
+        """Spikes per neuron pair over the T steps, summed over factors: [N, 3, L, L] in pixel mode
+        (one ±I pair per pixel, channel and factor), [N, K, 3] in factor mode (one pair per gate).
+
+        Pixel mode runs the same neurons as :meth:`prompt` (only the population receiving |I| can
+        fire, so |signed count| is the pair's spike total)."""
+        T, K = self.timesteps, self.factors
+        with torch.no_grad(), full_precision(x.device):
+            if self.mode == "pixel" and not self.reference:
+                args = (self.beta.float(), self.amplitude.float(), T, self.threshold, self.surrogate_slope, self.tau)
+                _, counts, _, _ = _spike_prompt(x, self.factors_product(), *args, need_grad=False)
+                return counts.abs().sum(0, dtype=torch.float32)
+            _, rates = self.signed_rates(x)  # [2K, N, 3, L, L] or [2K, N, 3]
+            spikes = torch.round(rates * T)
+            total = spikes[:K] + spikes[K:]
+            return total.sum(0) if self.mode == "pixel" else total.transpose(0, 1)
+
     def stats(self) -> dict[str, Tensor]:
         """Density and firing rate; in factor mode also ``silent_gates``, the fraction of
         (image, factor, channel) gates with no net spike (factors switched off)."""

@@ -89,6 +89,14 @@ class SpikeNVPTPrompter(Prompter):
         prompt = self.amplitude.float()[:, None, None] * (2 * mask - 1) * fired
         return prompt.unsqueeze(0), rate
 
+    def spike_counts(self, x: Tensor) -> Tensor:
+        """Spikes of the noise-free IF neurons over the T steps, [N, 3, L, L]: the same for every
+        image (the prompt is instance-agnostic), the spikes behind the static eval prompt."""
+        with torch.no_grad(), full_precision(x.device):
+            _, rate = self._compute(noisy=False)
+            counts = torch.round(rate * self.timesteps)
+        return counts.expand(x.shape[0], *counts.shape)
+
     def energy_ops(self, firing_rate: float) -> EnergyOps:
         """Static at inference (the eval prompt is computed once and cached): one addition per
         pixel and channel, 3·L² ACs, whatever the neurons' firing rate was."""
