@@ -163,7 +163,7 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
     from lorsp.metrics import reported
     from lorsp.outcome import outcome_of
     from lorsp.search import TRIAL_KEY, default_root
-    from lorsp.tune import JOB_KEY, init_ray, trainable
+    from lorsp.tune import JOB_KEY, init_ray, quiet_tune_console, trainable
 
     jobs = _jobs(study, confirmations, seeds)
     if not jobs:
@@ -195,6 +195,7 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
             print(f"confirm: trial {job['number']} seed {job['seed']} {outcome.reason}  {shown}", flush=True)
 
     storage_path = str(default_root(study) / "ray")
+    quiet_tune_console()
     print(f"confirm: {len(jobs)} runs ({len(confirmations)} configurations x seeds {seeds}, "
           f"{study.search.max_concurrent} at a time)", flush=True)
     tuner = tune.Tuner(

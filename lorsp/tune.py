@@ -288,6 +288,14 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
                 os.environ["RAY_GCS_SERVER_PORT"] = pinned
 
 
+def quiet_tune_console() -> None:
+    """lorsp prints its own line per trial: Tune's new-style console output (a configuration box, a
+    TensorBoard hint) and its "slow callback" warnings for an MLflow call on a loaded machine would
+    bury those lines; the legacy reporter honours verbose=0. Call before building a Tuner."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
+
+
 class Interruption:
     """Ctrl-C and SIGTERM as a clean stop of the study rather than a dead driver.
 
@@ -414,11 +422,7 @@ def run_study(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # A failed trial reports only its error, without the scheduler's metric: that is not a bug.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # lorsp prints its own line per trial: Tune's new-style console output (a configuration box, a
-    # TensorBoard hint) and its "slow callback" warnings for an MLflow call on a loaded machine would
-    # bury those lines; the legacy reporter honours verbose=0.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
+    quiet_tune_console()
     interruption = interruption or Interruption()
     progress = ProgressCallback(study, total=todo)
     inline = not study.resources.uses_ray_train
