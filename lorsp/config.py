@@ -67,6 +67,11 @@ class DataConfig(_Section):
       CIFAR, pets, flowers). Never for digits, text, signs with a direction or orientation-labelled
       images: a flipped 2, 'b' or 30-degree grating is another glyph or class.
     * `crop_flip`: both, the usual CIFAR recipe, under the same proviso as `flip`.
+
+    `stream` (`parquet:` and `imagefolder:` sets only): `false` decodes the set once into memory and
+    shares it with every trial (the fast path, for sets that fit); `true` streams it through Ray
+    Data, decoding in Ray tasks while trials train, so no process ever holds the decoded set; `auto`
+    (the default) streams when the decoded set would exceed `stream_threshold` of this node's memory.
     """
 
     dataset: str = "digits"
@@ -80,6 +85,8 @@ class DataConfig(_Section):
     image_column: str = "image"
     label_column: str = "label"
     augment: AugmentMode = "none"
+    stream: bool | Literal["auto"] = "auto"
+    stream_threshold: float = Field(0.25, gt=0.0, le=1.0)  # share of the node's memory (`stream: auto`)
 
     @field_validator("val_fraction", "test_fraction")
     @classmethod
@@ -97,6 +104,15 @@ class DataConfig(_Section):
             else "test metrics are reported on the test split, so it cannot be empty; use e.g. 0.2"
         )
         raise ValueError(f"must be in (0, 1), got {value}: {why}")
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _stream_is_a_mode(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "auto"):
+            return {"true": True, "false": False, "auto": "auto"}[value.lower()]
+        raise ValueError(f"must be auto, true or false, got {value!r}")
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -317,6 +333,10 @@ class ResourcesConfig(_Section):
     * `ray_train`: the trial fits a Ray Train `TorchTrainer` whose workers train under DDP; a
       controller and fresh worker processes per trial cost tens of seconds of start-up on a small
       machine, which is noise beside a multi-GPU trial and decisive for a quickstart trial.
+
+    `stream_cpus`: a trial that streams its data (`data.stream`) reserves this many CPUs beside its
+    workers' in its own placement group, and its Ray Data decode tasks run there, so decoding never
+    takes the CPUs of a neighbouring trial and Tune starts only as many trials as the node can feed.
     """
 
     workers_per_trial: int = Field(1, ge=1)
@@ -324,6 +344,7 @@ class ResourcesConfig(_Section):
     gpus_per_worker: float = Field(0.0, ge=0)
     driver_cpus: float = Field(0.0, ge=0)  # the light Tune driver of each ray_train trial
     launcher: Literal["auto", "inline", "ray_train"] = "auto"
+    stream_cpus: float = Field(2.0, gt=0)  # CPUs a streaming trial reserves for its Ray Data decode tasks
 
     @model_validator(mode="after")
     def _inline_is_one_worker(self) -> "ResourcesConfig":

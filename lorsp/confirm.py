@@ -156,20 +156,18 @@ def _jobs(study: StudyConfig, confirmations: list[Confirmation], seeds: list[int
 def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirmation], seeds: list[int],
                      *, address: str | None = None, callbacks: list[Any] | None = None) -> int:
     """Train every (configuration, seed) not yet done as one Ray Tune run; returns how many ran."""
-    import ray
     from ray import tune
 
-    from lorsp.data import load_splits_for
     from lorsp.metrics import reported
     from lorsp.outcome import outcome_of
     from lorsp.search import TRIAL_KEY, default_root
-    from lorsp.tune import JOB_KEY, init_ray, quiet_tune_console, trainable
+    from lorsp.tune import JOB_KEY, init_ray, quiet_tune_console, share_data, trainable
 
     jobs = _jobs(study, confirmations, seeds)
     if not jobs:
         return 0
     init_ray(address)
-    splits_ref = ray.put(load_splits_for(study.data))
+    splits_ref, streaming = share_data(study, lambda line: print(f"confirm: {line}", flush=True))
     by_trial = {c.trial: c for c in confirmations}
 
     class Record(tune.Callback):
@@ -199,7 +197,7 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
     print(f"confirm: {len(jobs)} runs ({len(confirmations)} configurations x seeds {seeds}, "
           f"{study.search.max_concurrent} at a time)", flush=True)
     tuner = tune.Tuner(
-        trainable(study, splits_ref, storage_path, jobs=True),
+        trainable(study, splits_ref, storage_path, jobs=True, streaming=streaming),
         param_space={JOB_KEY: tune.grid_search(jobs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=study.search.max_concurrent,
                                     reuse_actors=not study.resources.uses_ray_train),

@@ -25,7 +25,16 @@ import yaml
 from torch import nn
 
 from lorsp.config import ConfigError, StudyConfig, load_study
-from lorsp.data import BatchIterator, DataError, ImageSplit, Splits, load_splits_for
+from lorsp.data import (
+    BatchIterator,
+    DataError,
+    ImageSplit,
+    Splits,
+    StreamBatches,
+    StreamedSplits,
+    load_splits_for,
+    streamable,
+)
 from lorsp.evaluation import NoiseSpec, evaluate
 from lorsp.evaluation import autocast as _autocast
 from lorsp.gallery import GALLERY_FILE, draw_safely, title_for
@@ -107,6 +116,55 @@ def _noise_metrics(split: str, result: dict[str, Any], levels: tuple[float, ...]
     return out
 
 
+Batches = BatchIterator | StreamBatches
+
+
+def _batches(splits: Splits | StreamedSplits, study: StudyConfig, ctx: _Context) -> tuple[Batches, Batches, Batches]:
+    """Training, validation and test batches of either kind of splits, on this rank's device.
+
+    train.seed owns data order and augmentation (as it owns init); data.seed only fixed the splits.
+    So re-training a config with fresh train seeds varies all three on the same images. Evaluation
+    sees the stored images, never augmented, whatever data.augment says.
+    """
+    size, bs, seed = study.data.image_size, study.data.batch_size, study.train.seed
+    if isinstance(splits, StreamedSplits):
+        drop_last = splits.sizes["train"] > bs * ctx.world_size
+        return (
+            StreamBatches(splits.train, batch_size=bs, image_size=size, device=ctx.device, augment=study.data.augment,
+                          seed=seed, rank=ctx.rank, drop_last=drop_last),
+            StreamBatches(splits.val, batch_size=2 * bs, image_size=size, device=ctx.device),
+            StreamBatches(splits.test, batch_size=2 * bs, image_size=size, device=ctx.device),
+        )
+    train = BatchIterator(splits.train, batch_size=bs, image_size=size, device=ctx.device, shuffle=True,
+                          augment=study.data.augment, seed=seed, rank=ctx.rank, world_size=ctx.world_size,
+                          drop_last=len(splits.train) > bs * ctx.world_size)
+    val = BatchIterator(_shard(splits.val, ctx.rank, ctx.world_size), batch_size=2 * bs, image_size=size,
+                        device=ctx.device, augment="none")
+    test = BatchIterator(_shard(splits.test, ctx.rank, ctx.world_size), batch_size=2 * bs, image_size=size,
+                         device=ctx.device, augment="none")
+    return train, val, test
+
+
+def _sizes(splits: Splits | StreamedSplits) -> tuple[int, int, int]:
+    if isinstance(splits, StreamedSplits):
+        return splits.sizes["train"], splits.sizes["val"], splits.sizes["test"]
+    return len(splits.train), len(splits.val), len(splits.test)
+
+
+def _load_in_memory(study: StudyConfig) -> Splits:
+    """The splits of a run without a search driver: in memory, unless the study asks to stream."""
+    data = study.data
+    if data.stream is True or (data.stream == "auto" and streamable(data.dataset)):
+        from lorsp.data.mode import choose_mode
+
+        if choose_mode(data).stream:
+            raise ConfigError(
+                f"data.stream: {data.dataset} is to be streamed through Ray Data, which a single run does not "
+                "start: run it as a search (python -m lorsp.tune, e.g. --num-samples 1) or set data.stream: false"
+            )
+    return load_splits_for(data)
+
+
 def _save_checkpoint(folder: Path, model: PromptedClassifier, optimizer: torch.optim.Optimizer,
                      scheduler: Any, epoch: int, history: list[dict[str, float]], study: StudyConfig,
                      gallery: bytes | None = None) -> None:
@@ -126,7 +184,7 @@ def train_loop(
     study: StudyConfig,
     report: ReportFn | None = None,
     *,
-    splits: Splits | None = None,
+    splits: Splits | StreamedSplits | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     resume_from: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
@@ -154,7 +212,7 @@ def train_loop(
     started = time.perf_counter()
     torch.manual_seed(t.seed)
     if splits is None:
-        splits = load_splits_for(study.data)
+        splits = _load_in_memory(study)
     model = build_model(study, splits.num_classes).to(ctx.device)
     if ctx.device.type == "cuda" and t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -166,17 +224,8 @@ def train_loop(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             broadcast_buffers=False,  # frozen backbone: nothing to keep in sync
         )
-    size, bs = study.data.image_size, study.data.batch_size
-    # train.seed owns data order and augmentation (as it owns init, above); data.seed only fixed the
-    # splits. So re-training a config with fresh train seeds varies all three on the same images.
-    train_batches = BatchIterator(splits.train, batch_size=bs, image_size=size, device=ctx.device, shuffle=True,
-                                  augment=study.data.augment, seed=t.seed, rank=ctx.rank,
-                                  world_size=ctx.world_size, drop_last=len(splits.train) > bs * ctx.world_size)
-    # Evaluation sees the stored images, never augmented, whatever data.augment says.
-    val_batches = BatchIterator(_shard(splits.val, ctx.rank, ctx.world_size), batch_size=2 * bs, image_size=size,
-                                device=ctx.device, augment="none")
-    test_batches = BatchIterator(_shard(splits.test, ctx.rank, ctx.world_size), batch_size=2 * bs, image_size=size,
-                                 device=ctx.device, augment="none")
+    train_batches, val_batches, test_batches = _batches(splits, study, ctx)
+    n_train, n_val, n_test = _sizes(splits)
     optimizer = _optimizer(model, study)
     steps_per_epoch = max(1, len(train_batches))
     scheduler = _cosine(optimizer, t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch)
@@ -193,8 +242,8 @@ def train_loop(
     prompt_params = model.prompter.num_prompt_params()
     trainable_params = model.num_trainable_params()
     ctx.log(
-        f"{study.prompt.method} on {study.backbone.model} | {splits.source} | train {len(splits.train)} "
-        f"val {len(splits.val)} test {len(splits.test)} | prompt params {prompt_params:,} "
+        f"{study.prompt.method} on {study.backbone.model} | {splits.source} | train {n_train} "
+        f"val {n_val} test {n_test} | prompt params {prompt_params:,} "
         f"trainable {trainable_params:,} | {ctx.device} x{ctx.world_size} | setup {time.perf_counter() - started:.1f}s"
     )
     noise = NoiseSpec(tuple(study.eval.noise_std), study.eval.noise_seed) if study.eval.noise_std else None
@@ -246,11 +295,16 @@ def train_loop(
         if ctx.world_size > 1:
             # A fingerprint of the shard each rank trained on, gathered to every rank: shows in the
             # reported metrics that DDP workers really read different data.
-            idx = train_batches.shard_indices().to(ctx.device, torch.float64)
-            digest = ((idx + 1.0) ** 2).sum().reshape(1)
+            idx = train_batches.shard_indices().to(ctx.device)
+            digest = ((idx.double() + 1.0) ** 2).sum().reshape(1)
             digests = [torch.zeros_like(digest) for _ in range(ctx.world_size)]
             dist.all_gather(digests, digest)
             metrics.update({f"shard_digest_{r}": float(d) for r, d in enumerate(digests)})
+            # How many training rows more than one rank read this epoch (in memory: the padding that
+            # evens out the shards; streamed: none) and how many some rank read.
+            reads = torch.bincount(idx, minlength=n_train)
+            dist.all_reduce(reads)
+            metrics.update({"shard_overlap": float((reads > 1).sum()), "shard_rows": float((reads > 0).sum())})
         if is_last or t.eval_test_every_epoch:
             test = evaluate(model, iter(test_batches), ctx, t.amp, noise, split="test")
             metrics["test_acc"] = test["acc"]
@@ -258,8 +312,9 @@ def train_loop(
         history.append(metrics)
         wanted = is_last or (report is not None and epoch + 1 in scheduler_stops)
         gallery = None
-        if ctx.is_main and wanted and (report is not None or out_dir is not None):
-            gallery = draw_safely(model, splits.val, size, ctx.device, title_for(study, metrics),
+        pictured = splits.gallery if isinstance(splits, StreamedSplits) else splits.val
+        if ctx.is_main and wanted and pictured is not None and (report is not None or out_dir is not None):
+            gallery = draw_safely(model, pictured, size, ctx.device, title_for(study, metrics),
                                   splits.class_names, ctx.log)
         ctx.log(
             f"epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  train_acc {metrics['train_acc']:.3f}  "

@@ -55,19 +55,25 @@ def _trial_study(study_json: str, params: dict[str, Any] | None = None) -> Study
     return study
 
 
-def _train(study: StudyConfig, splits_ref: list[Any], ray_lib: Any, resume_from: str | None) -> None:
+def _train(study: StudyConfig, splits_ref: list[Any], ray_lib: Any, resume_from: str | None,
+           decode: Any | None = None) -> None:
     """Run :func:`lorsp.train.train_loop` for either launcher.
 
     `ray_lib` is `ray.train` (in a Ray Train worker) or `ray.tune` (in an inline trial): both have
     `report`, `Checkpoint` and `get_checkpoint`. A trial restarted by Ray (lost process) continues
     from `get_checkpoint()`; a trial resumed by ``--resume`` from the checkpoint it had reached when
     the driver stopped. Metrics carry where the trial runs (node, GPU).
+
+    The shared data is decoded :class:`~lorsp.data.Splits` or a :class:`~lorsp.data.StreamPlan`;
+    a plan is opened here as Ray Data streams (`decode`: where a Ray Train trial's decode tasks run).
     """
     import ray
 
     from lorsp.train import train_loop
 
     splits = ray.get(splits_ref[0]) if splits_ref else None
+    if splits is not None and _is_plan(splits):
+        splits = _open_stream(study, splits, ray_lib, decode)
     where = _placement()
     checkpoint = ray_lib.get_checkpoint()
     if checkpoint is None and resume_from:
@@ -81,6 +87,27 @@ def _train(study: StudyConfig, splits_ref: list[Any], ray_lib: Any, resume_from:
             train_loop(study, forward, splits=splits, resume_from=folder, verbose=False)
     else:
         train_loop(study, forward, splits=splits, verbose=False)
+
+
+def _is_plan(data: Any) -> bool:
+    from lorsp.data import StreamPlan
+
+    return isinstance(data, StreamPlan)
+
+
+def _open_stream(study: StudyConfig, plan: Any, ray_lib: Any, decode: Any | None) -> Any:
+    """A streamed plan as this process's splits: an inline trial iterates its own Ray Datasets, a Ray
+    Train worker reads its training shard with `get_dataset_shard` (see :mod:`lorsp.data.stream`)."""
+    import ray.train
+
+    from lorsp.data.stream import DecodePlacement, open_inline, open_worker, quiet_ray_data
+
+    quiet_ray_data()
+    if ray_lib is ray.train:
+        context = ray.train.get_context()
+        return open_worker(plan, ray.train.get_dataset_shard("train"), seed=study.train.seed,
+                           rank=context.get_world_rank(), world_size=context.get_world_size(), placement=decode)
+    return open_inline(plan, seed=study.train.seed, placement=DecodePlacement.current(study.resources.stream_cpus))
 
 
 def _failure(err: BaseException) -> dict[str, Any]:
@@ -112,7 +139,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     study = StudyConfig.model_validate_json(config["study"])
-    _guarded(lambda: _train(study, config["splits"], ray.train, config.get("resume_from")), ray.train.report)
+    _guarded(lambda: _train(study, config["splits"], ray.train, config.get("resume_from"), config.get("decode")),
+             ray.train.report)
 
 
 def _placement() -> dict[str, str]:
@@ -168,7 +196,23 @@ def _inline_trial(params: dict[str, Any], study_json: str, splits_ref: Any) -> N
             torch.cuda.empty_cache()  # the next trial in this process may share the GPU with others
 
 
-def _ray_train_trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_path: str) -> None:
+def _stream_inputs(study: StudyConfig, splits_ref: Any) -> dict[str, Any]:
+    """A streaming Ray Train trial's training dataset, its `DataConfig` and where its decode tasks run.
+
+    Built in the trial driver, whose placement group's last bundle holds the trial's decode CPUs.
+    """
+    import ray
+
+    from lorsp.data.stream import DecodePlacement, quiet_ray_data, ray_train_datasets
+
+    quiet_ray_data()
+    decode = DecodePlacement.current(study.resources.stream_cpus)
+    datasets, dataset_config = ray_train_datasets(ray.get(splits_ref[0]), seed=study.train.seed, placement=decode)
+    return {"datasets": datasets, "dataset_config": dataset_config, "decode": decode}
+
+
+def _ray_train_trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_path: str,
+                     streaming: bool = False) -> None:
     """A trial that fits a Ray Train `TorchTrainer` with the sampled parameters (launcher `ray_train`)."""
     import ray.train
     import ray.tune
@@ -180,10 +224,14 @@ def _ray_train_trial(params: dict[str, Any], study_json: str, splits_ref: Any, s
     study = _trial_study(study_json, params)
     res = study.resources
     trial_id = ray.tune.get_context().get_trial_id()
+    stream = _stream_inputs(study, splits_ref) if streaming else {}
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"study": study.model_dump_json(), "splits": splits_ref,
-                           "resume_from": (params.get(TRIAL_KEY) or {}).get("resume_from")},
+                           "resume_from": (params.get(TRIAL_KEY) or {}).get("resume_from"),
+                           "decode": stream.get("decode")},
+        datasets=stream.get("datasets"),
+        dataset_config=stream.get("dataset_config"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
             resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
@@ -213,11 +261,33 @@ JOB_KEY = "job"
 """Config key of a trial's parameters when Tune hands out a fixed list of them (`tune.grid_search`)."""
 
 
-def trainable(study: StudyConfig, splits_ref: Any, storage_path: str, jobs: bool = False) -> Any:
+def _trial_resources(study: StudyConfig, streaming: bool) -> Any:
+    """What one trial asks Tune for; a streaming trial adds a last bundle of `stream_cpus` for decoding.
+
+    That bundle is what keeps Ray Data and the trials from oversubscribing a node: Tune starts a
+    trial only when its decode CPUs are free too, and its decode tasks run inside them
+    (:class:`lorsp.data.stream.DecodePlacement`).
+    """
+    from ray import tune
+
+    res = study.resources
+    if res.uses_ray_train:
+        # The trial driver only waits on its trainer: it asks for memory, not a CPU that a worker could use.
+        head = {"CPU": res.driver_cpus, "memory": 256 * 1024**2, HEAD_NODE_RESOURCE: 0.001}
+    else:
+        head = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
+    if not streaming:
+        return {k.lower() if k in ("CPU", "GPU") else k: v for k, v in head.items()}
+    return tune.PlacementGroupFactory([head, {"CPU": res.stream_cpus}])
+
+
+def trainable(study: StudyConfig, splits_ref: Any, storage_path: str, jobs: bool = False,
+              streaming: bool = False) -> Any:
     """The Tune trainable for this study's launcher, with the resources its trials ask for.
 
     `jobs`: the trial's parameters come under :data:`JOB_KEY` (a grid of fixed configurations, as
-    `lorsp.confirm` runs) rather than from a searcher.
+    `lorsp.confirm` runs) rather than from a searcher. `streaming`: `splits_ref` holds a
+    :class:`~lorsp.data.StreamPlan` rather than decoded splits (see :func:`share_data`).
     """
     from ray import tune
 
@@ -226,13 +296,39 @@ def trainable(study: StudyConfig, splits_ref: Any, storage_path: str, jobs: bool
     # copied into each worker's config; the list keeps it a reference that workers `ray.get` locally.
     if res.uses_ray_train:
         trainable = tune.with_parameters(_ray_train_job if jobs else _ray_train_trial, study_json=study.model_dump_json(),
-                                         splits_ref=[splits_ref], storage_path=storage_path)
-        # The trial driver only waits on its trainer: it asks for memory, not a CPU that a worker could use.
-        return tune.with_resources(trainable, {"cpu": res.driver_cpus, "memory": 256 * 1024**2,
-                                               HEAD_NODE_RESOURCE: 0.001})
-    trainable = tune.with_parameters(_inline_job if jobs else _inline_trial, study_json=study.model_dump_json(),
-                                     splits_ref=[splits_ref])
-    return tune.with_resources(trainable, {"cpu": res.cpus_per_worker, "gpu": res.gpus_per_worker})
+                                         splits_ref=[splits_ref], storage_path=storage_path, streaming=streaming)
+    else:
+        trainable = tune.with_parameters(_inline_job if jobs else _inline_trial, study_json=study.model_dump_json(),
+                                         splits_ref=[splits_ref])
+    return tune.with_resources(trainable, _trial_resources(study, streaming))
+
+
+def share_data(study: StudyConfig, log: Callable[[str], None] = print) -> tuple[Any, bool]:
+    """Prepare the study's data once on the driver and put it in the object store for every trial.
+
+    In memory (:func:`lorsp.data.load_splits_for`: decoded once, shared by all trials), or, as
+    `data.stream` decides (:func:`lorsp.data.mode.choose_mode`, which says why in one line), a
+    :class:`~lorsp.data.StreamPlan` (rows and splits, nothing decoded) from which each trial streams.
+    Returns the reference and whether it is a plan.
+    """
+    import ray
+
+    from lorsp.data import load_splits_for
+    from lorsp.data.mode import choose_mode
+
+    tick = time.perf_counter()
+    mode = choose_mode(study.data)
+    if mode.line:
+        log(mode.line)
+    if mode.plan is not None:
+        plan = mode.plan
+        log(f"data: {plan.summary()}; listed in {time.perf_counter() - tick:.1f}s, decoded by each trial "
+            f"on {study.resources.stream_cpus:g} CPUs of its own (resources.stream_cpus)")
+        return ray.put(plan), True
+    splits = load_splits_for(study.data)
+    log(f"data: {splits.source} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}) "
+        f"loaded in {time.perf_counter() - tick:.1f}s")
+    return ray.put(splits), False
 
 
 # ---------------------------------------------------------------- the driver
@@ -382,10 +478,8 @@ def run_study(
     it had started go back to WAITING with their last checkpoint, and the MLflow callbacks close
     their runs, so ``--resume`` can finish them.
     """
-    import ray
     from ray import tune
 
-    from lorsp.data import load_splits_for
     from lorsp.progress import ProgressCallback
     from lorsp.search import prepare_study, rdb_storage, storage_uri, study_history, trial_records
 
@@ -407,12 +501,7 @@ def run_study(
         return StudyRun(trial_records(study, optuna_storage))
 
     init_ray(address)
-    tick = time.perf_counter()
-    # Decode the data set once here and share it with every trial through the object store.
-    splits = load_splits_for(study.data)
-    splits_ref = ray.put(splits)
-    log(f"data: {splits.source} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}) "
-        f"loaded in {time.perf_counter() - tick:.1f}s")
+    splits_ref, streaming = share_data(study, log)
 
     from lorsp.search import default_root
 
@@ -428,7 +517,7 @@ def run_study(
     inline = not study.resources.uses_ray_train
     callbacks = [searcher.checkpoint_callback(), progress, *(callbacks or [])]
     tuner = tune.Tuner(
-        trainable(study, splits_ref, storage_path),
+        trainable(study, splits_ref, storage_path, streaming=streaming),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(study), num_samples=todo,
                                     max_concurrent_trials=study.search.max_concurrent,
                                     reuse_actors=inline,  # keeps torch/timm imported from trial to trial

@@ -29,16 +29,29 @@ The package, one job per module (the flow runs down the list):
 * :mod:`~lorsp.data.load`: :func:`load_splits_for`, the one entry every caller uses.
 * :mod:`~lorsp.data.batches`: :class:`BatchIterator`, batches and augmentation on the device.
 
+Streaming (``data.stream``), for sets larger than memory:
+
+* :mod:`~lorsp.data.manifest`: a set's rows and labels without decoding; :class:`StreamPlan`, the
+  same splits as row indices.
+* :mod:`~lorsp.data.order`: each epoch's windows of rows, from the seed.
+* :mod:`~lorsp.data.mode`: in memory or streamed (``data.stream: auto``), and the line that says so.
+* :mod:`~lorsp.data.streamed`: :class:`StreamedSplits` and :class:`StreamBatches`, what the
+  training loop iterates (no Ray).
+* :mod:`~lorsp.data.stream`: the Ray Data pipelines; the only module here that imports Ray, and
+  nothing in the package imports it but :mod:`lorsp.tune`.
+
 :class:`DataError` lives in the torch-free :mod:`lorsp.errors` so the command line can catch it
 without importing this package.
 """
 
 from lorsp.data.batches import AUGMENT_MODES, BatchIterator
 from lorsp.data.containers import ImageSplit, Splits
-from lorsp.data.load import load_splits, load_splits_for
+from lorsp.data.load import load_splits, load_splits_for, plan_stream, plan_stream_for, streamable
+from lorsp.data.manifest import Manifest, StreamPlan
 from lorsp.data.sources.builtin import BUILTIN_DATASETS
 from lorsp.data.sources.torchvision_sets import TORCHVISION_DATASETS, default_root
 from lorsp.data.spec import validate_dataset_spec
+from lorsp.data.streamed import StreamBatches, StreamedSplits, UInt8Stream
 from lorsp.errors import DataError
 
 __all__ = [
@@ -48,9 +61,17 @@ __all__ = [
     "BatchIterator",
     "DataError",
     "ImageSplit",
+    "Manifest",
     "Splits",
+    "StreamBatches",
+    "StreamPlan",
+    "StreamedSplits",
+    "UInt8Stream",
     "default_root",
     "load_splits",
     "load_splits_for",
+    "plan_stream",
+    "plan_stream_for",
+    "streamable",
     "validate_dataset_spec",
 ]

@@ -19,7 +19,7 @@ from lorsp.data.containers import ImageSplit, check_image_size
 from lorsp.data.seeding import STREAM_AUG, STREAM_ORDER, mix
 from lorsp.errors import DataError
 
-__all__ = ["AUGMENT_MODES", "BatchIterator"]
+__all__ = ["AUGMENT_MODES", "BatchIterator", "augment_generator", "epoch_order", "random_crop_flip", "to_float"]
 
 #: Training-batch augmentations ``BatchIterator(augment=...)`` knows (``data.augment``); see
 #: :class:`BatchIterator` for when each is safe.
@@ -108,24 +108,11 @@ class BatchIterator:
 
     def shard_indices(self) -> Tensor:
         """This rank's sample indices for the current epoch (CPU int64), in iteration order."""
-        n = self.num_total
-        if self.shuffle:
-            g = torch.Generator().manual_seed(mix(self.seed, STREAM_ORDER, self.epoch))
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        total = self.num_samples * self.world_size
-        if total > n:
-            order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
-        return order[self.rank : total : self.world_size]
+        return epoch_order(self.num_total, seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
+                           rank=self.rank, world_size=self.world_size)
 
     def _generator(self) -> tuple[torch.Generator, torch.device]:
-        """A generator on the device when the backend has one, so random draws need no transfer."""
-        s = mix(self.seed, STREAM_AUG, self.epoch, self.rank)
-        try:
-            return torch.Generator(device=self.device).manual_seed(s), self.device
-        except RuntimeError:
-            return torch.Generator().manual_seed(s), torch.device("cpu")
+        return augment_generator(self.seed, self.epoch, self.rank, self.device)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         index = self.shard_indices().to(self.device, non_blocking=True)
@@ -136,22 +123,54 @@ class BatchIterator:
             x = self.images.index_select(0, idx)
             y = self.labels.index_select(0, idx)
             if gen is not None:
-                x = _random_crop_flip(x, *gen, self.device, crop=crop, flip=flip)
+                x = random_crop_flip(x, *gen, self.device, crop=crop, flip=flip)
             yield self._to_float(x), y
 
     def _to_float(self, x: Tensor) -> Tensor:
-        x = x.float().div_(255.0)
-        h, w = x.shape[-2:]
-        s = self.image_size
-        if (h, w) != (s, s):
-            x = F.interpolate(
-                x, size=(s, s), mode="bilinear", align_corners=False, antialias=(h > s or w > s)
-            )
-            x = x.clamp_(0.0, 1.0)  # bilinear with antialias can overshoot by rounding
-        return x
+        return to_float(x, self.image_size)
 
 
-def _random_crop_flip(
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool, rank: int = 0, world_size: int = 1) -> Tensor:
+    """One rank's sample indices (CPU int64) of an epoch over ``n`` samples, in iteration order.
+
+    The ``DistributedSampler`` rule: one permutation from (seed, epoch), padded by wrapping to a
+    multiple of ``world_size``, every ``world_size``-th index from ``rank``. A streamed random-access
+    split reads its rows in this same order, so it trains on the same batches as in memory.
+    """
+    if shuffle:
+        g = torch.Generator().manual_seed(mix(seed, STREAM_ORDER, epoch))
+        order = torch.randperm(n, generator=g)
+    else:
+        order = torch.arange(n)
+    total = math.ceil(n / world_size) * world_size
+    if total > n:
+        order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
+    return order[rank:total:world_size]
+
+
+def augment_generator(seed: int, epoch: int, rank: int, device: torch.device) -> tuple[torch.Generator, torch.device]:
+    """The epoch's augmentation generator, on the device when the backend has one (no transfer per draw)."""
+    s = mix(seed, STREAM_AUG, epoch, rank)
+    try:
+        return torch.Generator(device=device).manual_seed(s), device
+    except RuntimeError:
+        return torch.Generator().manual_seed(s), torch.device("cpu")
+
+
+def to_float(x: Tensor, image_size: int) -> Tensor:
+    """uint8 [B,3,H,W] -> float32 [B,3,S,S] in [0, 1]: convert, then resize (antialiased when shrinking)."""
+    x = x.float().div_(255.0)
+    h, w = x.shape[-2:]
+    s = image_size
+    if (h, w) != (s, s):
+        x = F.interpolate(
+            x, size=(s, s), mode="bilinear", align_corners=False, antialias=(h > s or w > s)
+        )
+        x = x.clamp_(0.0, 1.0)  # bilinear with antialias can overshoot by rounding
+    return x
+
+
+def random_crop_flip(
     x: Tensor,
     gen: torch.Generator,
     gen_device: torch.device,

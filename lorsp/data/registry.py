@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from lorsp.data.sources.base import Loader
+from lorsp.data.sources.base import Indexer, Loader, RowReader
 from lorsp.data.sources.builtin import load_digits, load_synthetic
-from lorsp.data.sources.imagefolder import load_imagefolder
-from lorsp.data.sources.parquet import load_parquet
+from lorsp.data.sources.imagefolder import index_imagefolder, load_imagefolder, read_imagefolder_rows
+from lorsp.data.sources.parquet import index_parquet, load_parquet, read_parquet_rows
 from lorsp.data.sources.torchvision_sets import TORCHVISION_DATASETS, load_torchvision
 
 __all__ = ["SOURCES", "Argument", "Source", "argument_kinds", "source_for"]
@@ -24,19 +24,25 @@ Argument = Literal["", "N", "PATH"]
 
 @dataclass(frozen=True)
 class Source:
-    """One family of data sets: the spec kinds it answers, its loader and its spec argument."""
+    """One family of data sets: the spec kinds it answers, its loader and its spec argument.
+
+    ``index`` lists the rows without decoding them and ``read`` decodes any of them; sources that
+    have both can be streamed (``data.stream``), the others are always decoded into memory.
+    """
 
     names: tuple[str, ...]
     load: Loader
     argument: Argument = ""
+    index: Indexer | None = None
+    read: RowReader | None = None
 
 
 #: Every source, in the order the valid-spec hint lists them.
 SOURCES: tuple[Source, ...] = (
     Source(("digits",), load_digits),
     Source(("synthetic",), load_synthetic, argument="N"),
-    Source(("imagefolder",), load_imagefolder, argument="PATH"),
-    Source(("parquet",), load_parquet, argument="PATH"),
+    Source(("imagefolder",), load_imagefolder, argument="PATH", index=index_imagefolder, read=read_imagefolder_rows),
+    Source(("parquet",), load_parquet, argument="PATH", index=index_parquet, read=read_parquet_rows),
     Source(TORCHVISION_DATASETS, load_torchvision),
 )
 

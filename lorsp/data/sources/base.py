@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from lorsp.data.containers import ImageSplit
+from lorsp.data.manifest import Manifest
 from lorsp.errors import DataError
 
-__all__ = ["DatasetSpec", "LoadOptions", "Loaded", "Loader", "resolve_path"]
+__all__ = ["DatasetSpec", "Indexer", "LoadOptions", "Loaded", "Loader", "RowReader", "resolve_path"]
 
 
 class DatasetSpec(NamedTuple):
@@ -55,6 +58,12 @@ class Loaded(NamedTuple):
 
 #: What every source's ``load`` is: the parsed spec and the options in, the unsplit data set out.
 Loader = Callable[[DatasetSpec, LoadOptions], Loaded]
+
+#: What a streamable source's ``index`` is: the same arguments, every row listed but none decoded.
+Indexer = Callable[[DatasetSpec, LoadOptions], Manifest]
+
+#: What a streamable source's ``read`` is: decode manifest rows into ``out[i]`` (uint8 [S, S, 3]).
+RowReader = Callable[[Manifest, np.ndarray, np.ndarray], None]
 
 
 def resolve_path(kind: str, arg: str) -> Path:

@@ -3,7 +3,7 @@
 ``PATH/<class>/<image>`` is one pool that the seed splits; ``PATH/train/`` with ``PATH/test/``
 (and/or ``val/``) gives official splits. Images vary in size, so they are resized to
 ``image_size`` once at load time (PIL bilinear, antialiased; aspect ratio is not kept, like
-``Resize((S, S))``).
+``Resize((S, S))``). :func:`index_imagefolder` lists the same files for streaming without decoding.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from lorsp.data.containers import ImageSplit
 from lorsp.data.decode import decode_many, decode_source
+from lorsp.data.manifest import Manifest
 from lorsp.data.sources.base import DatasetSpec, Loaded, LoadOptions, resolve_path
 from lorsp.errors import DataError
 
-__all__ = ["IMG_EXTENSIONS", "load_imagefolder"]
+__all__ = ["IMG_EXTENSIONS", "index_imagefolder", "load_imagefolder", "read_imagefolder_rows"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -104,29 +106,64 @@ def _official_dirs(root: Path) -> dict[str, Path]:
     return official
 
 
-def load_imagefolder(spec: DatasetSpec, options: LoadOptions) -> Loaded:
-    """Decode the tree at ``spec.arg`` into its official parts (or one 'train' pool)."""
+def _parts(root: Path) -> tuple[dict[str, FolderScan], list[str], str]:
+    """The tree's official parts (or one 'train' pool) as file lists, its classes and its layout."""
+    official = _official_dirs(root)
+    if not official:
+        scan = _scan_folder(root, None)
+        return {"train": scan}, scan.classes, "one pool"
+    train = _scan_folder(official["train"], None)
+    parts = {"train": train}
+    for name in ("val", "test"):
+        if name in official:
+            parts[name] = _scan_folder(official[name], train.classes)
+    return parts, train.classes, "+".join(p.name for p in official.values())
+
+
+def _root(spec: DatasetSpec) -> Path:
     assert spec.arg is not None  # the spec grammar requires a path
-    image_size = options.image_size
     root = resolve_path("imagefolder", spec.arg)
     if not root.is_dir():
         raise DataError(f"imagefolder path {root} is not a directory; use parquet: for a file")
-    official = _official_dirs(root)
-    if official:
-        files, labels, classes = _scan_folder(official["train"], None)
-        parts = {"train": _decode_files(files, labels, image_size)}
-        for name in ("val", "test"):
-            if name in official:
-                f2, l2, _ = _scan_folder(official[name], classes)
-                parts[name] = _decode_files(f2, l2, image_size)
-        layout = "+".join(p.name for p in official.values())
-    else:
-        files, labels, classes = _scan_folder(root, None)
-        parts = {"train": _decode_files(files, labels, image_size)}
-        layout = "one pool"
-    total = sum(len(p) for p in parts.values())
-    source = (
+    return root
+
+
+def _source_line(root: Path, total: int, classes: list[str], layout: str, image_size: int) -> str:
+    return (
         f"imagefolder {root} ({total} images, {len(classes)} classes, {layout}, "
         f"resized to {image_size}x{image_size})"
     )
-    return Loaded(parts, len(classes), classes, source)
+
+
+def load_imagefolder(spec: DatasetSpec, options: LoadOptions) -> Loaded:
+    """Decode the tree at ``spec.arg`` into its official parts (or one 'train' pool)."""
+    root = _root(spec)
+    scans, classes, layout = _parts(root)
+    parts = {name: _decode_files(scan.files, scan.labels, options.image_size) for name, scan in scans.items()}
+    total = sum(len(p) for p in parts.values())
+    return Loaded(parts, len(classes), classes, _source_line(root, total, classes, layout, options.image_size))
+
+
+def index_imagefolder(spec: DatasetSpec, options: LoadOptions) -> Manifest:
+    """The tree's files and labels without decoding any image, in :func:`load_imagefolder`'s order."""
+    root = _root(spec)
+    scans, classes, layout = _parts(root)
+    files = [str(f) for scan in scans.values() for f in scan.files]
+    labels = np.array([lab for scan in scans.values() for lab in scan.labels], dtype=np.int64)
+    parts, start = {}, 0
+    for name, scan in scans.items():
+        parts[name] = np.arange(start, start + len(scan.files), dtype=np.int64)
+        start += len(scan.files)
+    return Manifest(
+        kind="imagefolder", files=files, file_index=np.arange(len(files), dtype=np.int32),
+        row_in_file=np.zeros(len(files), dtype=np.int64), labels=labels, parts=parts,
+        num_classes=len(classes), class_names=classes, image_size=options.image_size,
+        source=_source_line(root, len(files), classes, layout, options.image_size),
+    )
+
+
+def read_imagefolder_rows(manifest: Manifest, rows: np.ndarray, out: np.ndarray) -> None:
+    """Decode manifest ``rows`` into ``out[i]`` (uint8 [S, S, 3]), one file each."""
+    for i, row in enumerate(rows):
+        path = manifest.files[manifest.file_index[row]]
+        out[i] = decode_source(path, manifest.image_size, path, "fix or delete that file")

@@ -4,7 +4,8 @@
 contains 'test' form the test split, 'val'/'validation'/'dev' the validation split, the rest the
 training split (with no test file, the validation files are the held-out split). Labels may be
 integers or strings (strings are mapped to the class names of the ``datasets`` metadata, else to
-their sorted set). Read with pyarrow, imported only here.
+their sorted set). Read with pyarrow, imported only here. :func:`index_parquet` reads only the
+labels and the row groups, for streaming; :func:`read_parquet_rows` decodes any rows of it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lorsp.data.containers import ImageSplit
 from lorsp.data.decode import decode_many, decode_source
+from lorsp.data.manifest import Manifest
 from lorsp.data.sources.base import DatasetSpec, Loaded, LoadOptions, resolve_path
 from lorsp.errors import DataError
 
-__all__ = ["load_parquet"]
+__all__ = ["index_parquet", "load_parquet", "read_parquet_rows"]
 
 _READ_BATCH_ROWS = 512
 
@@ -195,16 +198,28 @@ def _class_ids(raw_labels: dict[str, list[Any]], columns: _Columns) -> tuple[dic
     return labels, classes
 
 
+def _files_by_role(path: Path) -> dict[str, list[Path]]:
+    """The split each file feeds, files in sorted order within a split, splits in first-seen order."""
+    roles = _roles(path)
+    by_role: dict[str, list[Path]] = {}
+    for f in roles:
+        by_role.setdefault(roles[f], []).append(f)
+    return by_role
+
+
+def _source_line(path: Path, total: int, classes: list[str], by_role: dict[str, list[Path]], size: int) -> str:
+    n = sum(len(fs) for fs in by_role.values())
+    where = f"{n} file{'s' if n > 1 else ''}: " + "+".join(sorted(by_role))
+    return f"parquet {path} ({total} images, {len(classes)} classes, {where}, resized to {size}x{size})"
+
+
 def load_parquet(spec: DatasetSpec, options: LoadOptions) -> Loaded:
     """Decode the file or directory at ``spec.arg`` into its parts (see the module docstring)."""
     assert spec.arg is not None  # the spec grammar requires a path
     path = resolve_path("parquet", spec.arg)
-    roles = _roles(path)
-    files = list(roles)
-    columns = _check_columns(files, options.image_column, options.label_column)
-    by_role: dict[str, list[Path]] = {}
-    for f in files:
-        by_role.setdefault(roles[f], []).append(f)
+    by_role = _files_by_role(path)
+    columns = _check_columns(sorted(f for fs in by_role.values() for f in fs), options.image_column,
+                             options.label_column)
     images: dict[str, Tensor] = {}
     raw_labels: dict[str, list[Any]] = {}
     for role, fs in by_role.items():
@@ -212,7 +227,74 @@ def load_parquet(spec: DatasetSpec, options: LoadOptions) -> Loaded:
     labels, classes = _class_ids(raw_labels, columns)
     parts = {r: ImageSplit(images[r], labels[r]) for r in images}
     total = sum(len(p) for p in parts.values())
-    where = f"{len(files)} file{'s' if len(files) > 1 else ''}: " + "+".join(sorted(by_role))
-    size = options.image_size
-    source = f"parquet {path} ({total} images, {len(classes)} classes, {where}, resized to {size}x{size})"
-    return Loaded(parts, len(classes), classes, source)
+    return Loaded(parts, len(classes), classes, _source_line(path, total, classes, by_role, options.image_size))
+
+
+def index_parquet(spec: DatasetSpec, options: LoadOptions) -> Manifest:
+    """Every row's file, row and label without decoding an image: reads only the label column and the
+    files' metadata (row counts, row groups), in :func:`load_parquet`'s order."""
+    import pyarrow.parquet as pq
+
+    assert spec.arg is not None  # the spec grammar requires a path
+    path = resolve_path("parquet", spec.arg)
+    by_role = _files_by_role(path)
+    files = [f for fs in by_role.values() for f in fs]  # the order load_parquet decodes them in
+    columns = _check_columns(sorted(files), options.image_column, options.label_column)
+    raw_labels: dict[str, list[Any]] = {role: [] for role in by_role}
+    row_groups: list[np.ndarray] = []
+    rows_per_file: list[int] = []
+    for role, fs in by_role.items():
+        for f in fs:
+            pf = pq.ParquetFile(f)
+            meta = pf.metadata
+            sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            row_groups.append(np.cumsum([0, *sizes])[:-1].astype(np.int64))
+            labs = pf.read(columns=[options.label_column]).column(0).to_pylist()
+            for row, value in enumerate(labs):
+                if value is None:
+                    raise DataError(
+                        f"parquet:{f} row {row}: label '{options.label_column}' is empty; fix or drop that row"
+                    )
+            rows_per_file.append(len(labs))
+            raw_labels[role].extend(labs)
+    labels, classes = _class_ids(raw_labels, columns)
+    counts = np.array(rows_per_file, dtype=np.int64)
+    file_index = np.repeat(np.arange(len(files), dtype=np.int32), counts)
+    row_in_file = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    parts, start = {}, 0
+    for role in by_role:
+        n = len(labels[role])
+        parts[role] = np.arange(start, start + n, dtype=np.int64)
+        start += n
+    return Manifest(
+        kind="parquet", files=[str(f) for f in files], file_index=file_index, row_in_file=row_in_file,
+        labels=np.concatenate([labels[r].numpy() for r in by_role]), parts=parts,
+        num_classes=len(classes), class_names=classes, image_size=options.image_size,
+        source=_source_line(path, start, classes, by_role, options.image_size),
+        image_column=options.image_column, image_kinds=[columns.image_kind[f] for f in files], row_groups=row_groups,
+    )
+
+
+def read_parquet_rows(manifest: Manifest, rows: np.ndarray, out: np.ndarray) -> None:
+    """Decode manifest ``rows`` into ``out[i]`` (uint8 [S, S, 3]), reading each row group once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    size, column = manifest.image_size, manifest.image_column
+    files = manifest.file_index[rows]
+    for f in np.unique(files):
+        in_file = np.nonzero(files == f)[0]
+        local = manifest.row_in_file[rows[in_file]]
+        starts = manifest.row_groups[f]
+        group = np.searchsorted(starts, local, side="right") - 1
+        path = Path(manifest.files[f])
+        pf = pq.ParquetFile(path)
+        for g in np.unique(group):
+            sel = in_file[group == g]
+            col = pf.read_row_group(int(g), columns=[column]).column(0).combine_chunks()
+            taken = col.take(pa.array(local[group == g] - starts[g]))
+            blobs = _blobs(taken, manifest.image_kinds[f], path)
+            for i, blob, row in zip(sel, blobs, local[group == g]):
+                if blob is None:
+                    raise DataError(f"parquet:{path} row {row}: image '{column}' is empty; fix or drop that row")
+                out[i] = decode_source(blob, size, f"parquet:{path} row {row}", "fix or drop that row")
