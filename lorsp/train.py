@@ -314,7 +314,7 @@ def train_loop(
         gallery = None
         pictured = splits.gallery if isinstance(splits, StreamedSplits) else splits.val
         if ctx.is_main and wanted and pictured is not None and (report is not None or out_dir is not None):
-            gallery = draw_safely(model, pictured, size, ctx.device, title_for(study, metrics),
+            gallery = draw_safely(model, pictured, study.data.image_size, ctx.device, title_for(study, metrics),
                                   splits.class_names, ctx.log)
         ctx.log(
             f"epoch {epoch + 1}/{t.epochs}  loss {train_loss:.4f}  train_acc {metrics['train_acc']:.3f}  "

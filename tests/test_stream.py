@@ -166,6 +166,11 @@ def test_streamed_training_matches_the_in_memory_run(sets: dict[str, str], kind:
         batches = list(getattr(streamed, name).batches(0, 50, False))
         assert np.array_equal(np.concatenate([b[0] for b in batches]), getattr(memory, name).images.numpy())
         assert np.concatenate([b[2] for b in batches]).tolist() == list(range(len(getattr(memory, name))))
+    # The prompt gallery shows the same validation images as an in-memory run's.
+    from lorsp.gallery import gallery_indices
+
+    shown = gallery_indices(memory.val.labels)
+    assert torch.equal(streamed.gallery.images, memory.val.images[shown])
     a = train_loop(study, splits=memory, verbose=False)
     b = train_loop(study, splits=streamed, verbose=False)
     n_val = len(memory.val)
