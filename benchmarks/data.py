@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                            augment=augment, seed=0, drop_last=True)
 
         def epoch(it: BatchIterator = it) -> None:
-            for x, _y in it:
+            for _batch in it:
                 pass
             U.sync(device)  # what the training loop waits for once per epoch
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                      *(["-"] * len(benches) if is_step else [f"{100 * s:.1f}%" for s in shares])])
         record[label] = {"ms_per_batch": med * 1e3, "images_per_s": bs / med,
                          "share_of_step": dict(zip(benches, shares))}
-    print(U.table(["what (batch %d)" % bs, "ms / batch", "images/s", *[f"share of {b} step" for b in benches]],
+    print(U.table([f"what (batch {bs})", "ms / batch", "images/s", *[f"share of {b} step" for b in benches]],
                   rows, title=f"BatchIterator vs training step ({args.config}, {size} px)"))
     U.dump_json(args.json, {"config": cfg, "machine": U.machine_line(device), "results": record,
                             "step_ms": {k: v * 1e3 for k, v in step_s.items()}})

@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-cpus", type=float, default=None,
                         help="decode CPUs of the streaming trial (default: cores - 1, at least 1)")
     parser.add_argument("--root", default="/tmp/lorsp-bench-stream", help="where the generated sets are kept")
+    parser.add_argument("--probe-images", type=int, default=256, help="JPEGs decoded by the 224 px decode probe")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     import torch
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             first = f"{m['first_batch_cold_s']:.2f} / {m['first_batch_warm_s']:.2f}"
             rows.append([f"{n:,}", mode, f"{prep:.1f}", first, f"{m['images_per_s_warm']:,.0f}",
                          f"{m['peak_rss_mib']:,.0f}", f"{m['peak_private_mib']:,.0f}", f"{m['epoch_s']:.1f}"])
-    probe = decode_probe(root)
+    probe = decode_probe(root, args.probe_images)
     print(U.table(["images", "data path", "driver prep s", "first batch s (new trial / next epoch)",
                    "images/s delivered", "trial peak RSS MiB", "of which private MiB", "train epoch s"], rows,
                   title=f"In memory vs streamed, {args.image_size} px JPEG Parquet, batch {BATCH}, "

@@ -10,10 +10,13 @@ someone else runs on this machine is never joined). Torch threads per trial come
 allocation: ``cpus_per_worker = cores / concurrency`` and ``train.threads = null``, so
 ``lorsp.tune`` sets the threads (quickstart.yaml pins ``threads: 1``).
 
-Trial start -> first training step is measured without changing the training loop: the Tune
-trial function and the Train worker function are wrapped (``_trace.py``) to log wall-clock
-events, a Tune callback logs trial start / results / completion, and each trial's total
-overhead is its wall time minus the sum of the ``epoch_time_s`` it reported.
+Trial start -> first training step is measured from what a study reports anyway, with no patching
+of lorsp: a Tune callback (``run_study(callbacks=...)``) notes on the driver when each trial starts
+and when its results arrive; the first result minus its ``epoch_time_s`` is when the first step
+began, and the ``setup_s`` that ``train_loop`` reports splits that wait into the framework's part
+(Tune or Ray Train starting processes, imports, fetching the data) and lorsp's own (building the
+model, moving the data to the device). A trial's total overhead is its wall time minus the sum of
+its ``epoch_time_s``.
 
 Modes (``resources.launcher`` of the study, see lorsp/config.py):
   ray_train  every trial fits a Ray Train ``TorchTrainer`` (Train V2 defaults): a controller and
@@ -35,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +59,6 @@ TUNED_ENV = {
     "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
 }
 
-SEGMENTS = [  # (label, from event, to event)
-    ("Tune -> trial fn", "tune_trial_start", "trial_fn_start"),
-    ("trial fn -> fit()", "trial_fn_start", "fit_start"),
-    ("fit() -> controller process", "fit_start", "controller_process_start"),
-    ("controller process start-up (imports)", "controller_process_start", "controller_started"),
-    ("controller -> worker group start", "controller_started", "worker_group_start_begin"),
-    ("worker group: placement group + worker spawn", "worker_group_start_begin", "worker_process_start"),
-    ("worker process -> group ready (Ray, torch, process group)", "worker_process_start", "worker_group_started"),
-    ("group ready -> train fn", "worker_group_started", "worker_fn_start"),
-    ("imports (torch, timm, lorsp; if not yet)", "@imports_from", "imports_done"),
-    ("ray.get(splits) + placement", "imports_done", "train_loop_start"),
-    ("build_model", "build_model_start", "build_model_end"),
-    ("model -> first step (to device, iterators)", "build_model_end", "first_step"),
-]
-
-
 def free_port() -> int:
     import socket
 
@@ -81,37 +67,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def timing_callback() -> Any:
-    import _trace
+def timing_callback(events: dict[str, dict[str, Any]]) -> Any:
+    """A Tune callback that keeps, per trial, its start time and its results (on the driver)."""
     from ray.tune import Callback
 
     class TimingCallback(Callback):
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            _trace.log(trial.trial_id, "tune_trial_start")
+            events.setdefault(trial.trial_id, {"results": []})["start"] = time.time()
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            _trace.log(trial.trial_id, "result", iteration=result.get("training_iteration"),
-                       epoch_time_s=result.get("epoch_time_s"))
+            events.setdefault(trial.trial_id, {"results": []})["results"].append(
+                {"t": time.time(), "epoch_time_s": result.get("epoch_time_s"), "setup_s": result.get("setup_s"),
+                 "pid": result.get("pid")})
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            _trace.log(trial.trial_id, "tune_trial_complete")
+            events.setdefault(trial.trial_id, {"results": []})["end"] = time.time()
 
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            _trace.log(trial.trial_id, "tune_trial_error")
+        on_trial_error = on_trial_complete
 
     return TimingCallback()
 
 
 def run_one(mode: str, concurrency: int, args: argparse.Namespace, gpus_per_trial: float = 0.0) -> dict[str, Any]:
-    """One study in a fresh local Ray cluster; returns wall time and per-trial events."""
-    import _trace
+    """One study in a fresh local Ray cluster; returns wall time and per-trial timings."""
     import ray
 
-    import lorsp.tune as lt
     from lorsp.config import load_study
+    from lorsp.tune import run_study
 
     work = Path(tempfile.mkdtemp(prefix="lb-trials-"))
-    trace_file = work / "trace.jsonl"
     cores = args.cpus or os.cpu_count() or 1
     cpus = cores / concurrency
     overrides = [
@@ -126,81 +110,61 @@ def run_one(mode: str, concurrency: int, args: argparse.Namespace, gpus_per_tria
     # With more than one Ray instance on the machine, Ray Train's PlacementGroupCleaner (state API,
     # address "auto") cannot tell which one is its own and fails; naming the dashboard avoids it.
     dashboard_port = free_port()
-    env = {"RAY_TRAIN_V2_ENABLED": "1", _trace.TRACE_ENV: str(trace_file),
-           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
-           "RAY_TRAIN_CALLBACKS": "_trace_train.TraceTrainCallback",
-           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
     if mode == "tuned":
         env.update(TUNED_ENV)
-    os.environ.update(env)  # the driver logs too, and Train reads its knobs from the environment
+    os.environ.update(env)  # Train reads its knobs from the environment
     tick = time.time()
     ray.init(address="local", num_cpus=cores, num_gpus=1 if gpus_per_trial else None,
              _temp_dir=f"/tmp/lbray{os.getpid()}{mode[0]}{concurrency}", logging_level="WARNING",
              include_dashboard=True, dashboard_port=dashboard_port,
              log_to_driver=True, runtime_env={"env_vars": env})
     ray_init_s = time.time() - tick
-
-    saved = (lt._ray_train_trial, lt._inline_trial)
-    lt._ray_train_trial, lt._inline_trial = _trace.traced_trial, _trace.traced_inline_trial
+    events: dict[str, dict[str, Any]] = {}
     try:
         tick = time.time()
-        records = lt.run_study(study, callbacks=[timing_callback()], log=lambda m: None)
+        records = run_study(study, callbacks=[timing_callback(events)], log=lambda m: None).records
         wall = time.time() - tick
     finally:
-        lt._ray_train_trial, lt._inline_trial = saved
         ray.shutdown()
         for key in env:
             os.environ.pop(key, None)
-    events: dict[str, dict[str, Any]] = defaultdict(dict)
-    results: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for line in trace_file.read_text().splitlines():
-        e = json.loads(line)
-        if e["event"] == "result":
-            results[e["trial"]].append(e)
-        else:
-            events[e["trial"]].setdefault(e["event"], e["t"])
-            if e["event"] == "trial_fn_start":
-                events[e["trial"]]["pid"] = e["pid"]
-    states = [r.state for r in records]
     return {"mode": mode, "concurrency": concurrency, "cpus_per_trial": cpus, "gpus_per_trial": gpus_per_trial,
-            "wall_s": wall, "ray_init_s": ray_init_s, "events": dict(events), "results": dict(results),
-            "states": states, "work": str(work)}
+            "wall_s": wall, "ray_init_s": ray_init_s, "events": events,
+            "states": [r.state for r in records], "work": str(work)}
 
 
 def summarise(run: dict[str, Any]) -> dict[str, Any]:
     per_trial = []
-    for trial, ev in run["events"].items():
-        res = run["results"].get(trial, [])
-        if "tune_trial_start" not in ev or not res:
+    for ev in run["events"].values():
+        results = ev["results"]
+        if "start" not in ev or not results:
             continue
-        ev = dict(ev)
-        ev["@imports_from"] = ev.get("worker_fn_start", ev.get("trial_fn_start"))
-        first_result = min(r["t"] for r in res)
-        epochs = [r["epoch_time_s"] for r in res if r.get("epoch_time_s") is not None]
-        end = ev.get("tune_trial_complete", ev.get("tune_trial_error", max(r["t"] for r in res)))
-        row = {
-            "start_to_first_step": ev.get("first_step", float("nan")) - ev["tune_trial_start"],
-            "first_result_minus_epoch": first_result - ev["tune_trial_start"] - (epochs[0] if epochs else 0.0),
-            "wall": end - ev["tune_trial_start"],
-            "overhead": end - ev["tune_trial_start"] - sum(epochs),
+        first = results[0]
+        epochs = [r["epoch_time_s"] for r in results if r.get("epoch_time_s") is not None]
+        first_step = first["t"] - ev["start"] - (first["epoch_time_s"] or 0.0)
+        setup = first.get("setup_s") or 0.0
+        end = ev.get("end", results[-1]["t"])
+        per_trial.append({
+            "start_to_first_step": first_step,
+            "framework_start": first_step - setup,
+            "lorsp_setup": setup,
+            "wall": end - ev["start"],
+            "overhead": end - ev["start"] - sum(epochs),
             "epoch_time": statistics.mean(epochs) if epochs else float("nan"),
-            "pid": ev.get("pid"),
-        }
-        for label, a, b in SEGMENTS:
-            if a in ev and b in ev:
-                row[label] = ev[b] - ev[a]
-        per_trial.append(row)
+            "pid": first.get("pid"),
+        })
 
     def mean(key: str) -> float:
-        xs = [r[key] for r in per_trial if key in r and r[key] == r[key]]
+        xs = [r[key] for r in per_trial if r[key] == r[key]]
         return statistics.mean(xs) if xs else float("nan")
 
     n = len(run["states"])
     return {
         "trials": n, "done": sum(s == "COMPLETE" for s in run["states"]), "per_trial": per_trial,
         "trials_per_hour": 3600 * n / run["wall_s"],
-        **{k: mean(k) for k in ("start_to_first_step", "first_result_minus_epoch", "wall", "overhead", "epoch_time")},
-        "segments": {label: mean(label) for label, _, _ in SEGMENTS},
+        **{k: mean(k) for k in ("start_to_first_step", "framework_start", "lorsp_setup", "wall", "overhead",
+                                "epoch_time")},
         "trial_processes": len({r["pid"] for r in per_trial}),
     }
 
@@ -218,7 +182,8 @@ study = load_study(os.environ["SPACE"]).resolved()
 s = time.time(); build_model(study, 10); t["build_model (quickstart)"] = time.time() - s
 import torch.distributed as dist
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
-s = time.time(); dist.init_process_group("gloo", rank=0, world_size=1); t["gloo process group, world 1"] = time.time() - s
+s = time.time(); dist.init_process_group("gloo", rank=0, world_size=1)
+t["gloo process group, world 1"] = time.time() - s
 dist.destroy_process_group()
 print(json.dumps(t))
 """
@@ -271,18 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     for r, s in zip(runs, summaries):
         share = f"{r['concurrency']}/GPU" if r["gpus_per_trial"] else f"{r['concurrency']}"
         rows.append([r["mode"], share, f"{r['cpus_per_trial']:g}", f"{s['done']}/{s['trials']}", f"{r['wall_s']:.0f}",
-                     f"{s['trials_per_hour']:.0f}", f"{s['start_to_first_step']:.1f}", f"{s['first_result_minus_epoch']:.1f}",
-                     f"{s['overhead']:.1f}", f"{s['epoch_time']:.1f}", f"{s['trial_processes']}"])
-    print(U.table(["mode", "at a time", "CPUs/trial", "done", "study wall s", "trials/hour",
-                   "start->1st step s", "1st result - epoch s", "overhead/trial s", "epoch s", "trial procs"],
+                     f"{s['trials_per_hour']:.0f}", f"{s['start_to_first_step']:.1f}", f"{s['framework_start']:.1f}",
+                     f"{s['lorsp_setup']:.1f}", f"{s['overhead']:.1f}", f"{s['epoch_time']:.1f}",
+                     f"{s['trial_processes']}"])
+    print(U.table(["mode", "at a time", "CPUs/trial", "done", "study wall s", "trials/hour", "start->1st step s",
+                   "of which framework s", "of which lorsp setup s", "overhead/trial s", "epoch s", "trial procs"],
                   rows, title="Trials: overhead and throughput (means over trials)"))
-    seg_rows = []
-    for label, _, _ in SEGMENTS:
-        seg_rows.append([label, *[f"{s['segments'][label]:.2f}" if s["segments"][label] == s["segments"][label]
-                                  else "-" for s in summaries]])
-    heads = [f"{r['mode']} x{r['concurrency']}" for r in runs]
-    print(U.table(["start-up segment (mean s)", *heads], seg_rows,
-                  title="Where trial start -> first step goes"))
     piece_costs = {}
     if not args.no_pieces:
         piece_costs = pieces(args.space)

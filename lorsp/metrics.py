@@ -71,6 +71,8 @@ _ALL = (
     Metric("trainable_params", "min", "model", "trainable parameters of the prompt and the linear head"),
     Metric("images_per_s", "max", "run", "training images per second of the epoch", per_epoch=True),
     Metric("epoch_time_s", "min", "run", "wall time of the epoch, evaluation included", per_epoch=True),
+    Metric("setup_s", "min", "run", "seconds from the start of the training function to its first step (the "
+           "model built, the data on the device; process start and imports excluded)"),
 )
 
 NOISE_PREFIX = {"val": "val_acc_noise_", "test": "test_acc_noise_"}

@@ -241,10 +241,11 @@ def train_loop(
         ctx.log(f"resumed from {resume_from} after epoch {first_epoch}")
     prompt_params = model.prompter.num_prompt_params()
     trainable_params = model.num_trainable_params()
+    setup_s = time.perf_counter() - started  # model, optimiser, data on the device: before the first step
     ctx.log(
         f"{study.prompt.method} on {study.backbone.model} | {splits.source} | train {n_train} "
         f"val {n_val} test {n_test} | prompt params {prompt_params:,} "
-        f"trainable {trainable_params:,} | {ctx.device} x{ctx.world_size} | setup {time.perf_counter() - started:.1f}s"
+        f"trainable {trainable_params:,} | {ctx.device} x{ctx.world_size} | setup {setup_s:.1f}s"
     )
     noise = NoiseSpec(tuple(study.eval.noise_std), study.eval.noise_seed) if study.eval.noise_std else None
     levels = noise.levels if noise is not None else ()
@@ -290,7 +291,7 @@ def train_loop(
             "prompt_energy_nj": val["prompt_energy_nj"], "prompt_ms": val["prompt_ms"],
             "prompt_params": float(prompt_params), "trainable_params": float(trainable_params),
             "images_per_s": seen / max(train_time, 1e-9), "epoch_time_s": time.perf_counter() - tick,
-            "epochs": float(t.epochs), "finished": float(is_last),
+            "setup_s": setup_s, "epochs": float(t.epochs), "finished": float(is_last),
         }
         if ctx.world_size > 1:
             # A fingerprint of the shard each rank trained on, gathered to every rank: shows in the
