@@ -86,33 +86,34 @@ def noise_metric_name(split: Literal["val", "test"], std: float) -> str:
     return f"{NOISE_PREFIX[split]}{float(std)!r}"
 
 
+def _parse_noise(name: str) -> tuple[str, float] | None:
+    """(split, level) of a name spelled like a per-level noise metric, canonical or not."""
+    for split, prefix in NOISE_PREFIX.items():
+        if name.startswith(prefix):
+            try:
+                level = float(name[len(prefix):])
+            except ValueError:
+                return None
+            return (split, level) if 0 <= level < float("inf") else None
+    return None
+
+
 def noise_level(name: str) -> float | None:
     """The noise level a per-level name stands for (``val_acc_noise_0.05`` -> 0.05), else None.
 
     Only the canonical spelling counts (``val_acc_noise_0.050`` is not a metric), so a name in a
     study file and a name in a result can be compared as strings.
     """
-    for split, prefix in NOISE_PREFIX.items():
-        if name.startswith(prefix):
-            try:
-                level = float(name[len(prefix):])
-            except ValueError:
-                return None
-            ok = level >= 0 and level != float("inf") and noise_metric_name(split, level) == name  # type: ignore[arg-type]
-            return level if ok else None
-    return None
+    parsed = _parse_noise(name)
+    if parsed is None or noise_metric_name(parsed[0], parsed[1]) != name:  # type: ignore[arg-type]
+        return None
+    return parsed[1]
 
 
 def _canonical_noise_name(name: str) -> str | None:
     """``val_acc_noise_0.050`` -> ``val_acc_noise_0.05`` (for a hint); None when it is no level at all."""
-    for split, prefix in NOISE_PREFIX.items():
-        if name.startswith(prefix):
-            try:
-                level = float(name[len(prefix):])
-            except ValueError:
-                return None
-            return noise_metric_name(split, level) if 0 <= level < float("inf") else None  # type: ignore[arg-type]
-    return None
+    parsed = _parse_noise(name)
+    return None if parsed is None else noise_metric_name(parsed[0], parsed[1])  # type: ignore[arg-type]
 
 
 def _noise_member(name: str) -> Metric | None:

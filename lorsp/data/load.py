@@ -8,7 +8,7 @@ row indices of a :class:`~lorsp.data.manifest.StreamPlan`, nothing decoded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -88,19 +88,16 @@ def load_splits(
     )
 
 
+def _settings(data: DataConfig) -> dict[str, Any]:
+    """The keyword arguments a study's `data` section gives both ways of reading a data set."""
+    return dict(image_size=data.image_size, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+                seed=data.seed, max_train=data.max_train, image_column=data.image_column,
+                label_column=data.label_column)
+
+
 def load_splits_for(data: DataConfig) -> Splits:
     """The splits a study's `data` section (a :class:`lorsp.config.DataConfig`) describes."""
-    return load_splits(
-        data.dataset,
-        image_size=data.image_size,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
-        seed=data.seed,
-        max_train=data.max_train,
-        root=data.root,
-        image_column=data.image_column,
-        label_column=data.label_column,
-    )
+    return load_splits(data.dataset, root=data.root, **_settings(data))
 
 
 def plan_stream(
@@ -137,16 +134,7 @@ def plan_stream(
 
 def plan_stream_for(data: DataConfig) -> StreamPlan:
     """The streamed splits a study's `data` section describes (see :func:`plan_stream`)."""
-    return plan_stream(
-        data.dataset,
-        image_size=data.image_size,
-        val_fraction=data.val_fraction,
-        test_fraction=data.test_fraction,
-        seed=data.seed,
-        max_train=data.max_train,
-        image_column=data.image_column,
-        label_column=data.label_column,
-    )
+    return plan_stream(data.dataset, **_settings(data))
 
 
 def read_rows(manifest: Manifest, rows: np.ndarray) -> np.ndarray:
