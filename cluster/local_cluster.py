@@ -413,7 +413,8 @@ def _start_node(state: dict[str, Any], name: str, *, head: bool, cpus: float, gp
            "--node-name", name, "--resources", json.dumps({f"lorsp_node_{name}": 1}), "--disable-usage-stats"]
     if head:
         cmd += ["--head", "--port", str(ports["gcs"]), "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                str(ports["dashboard"]), "--ray-client-server-port", str(ports["client"]), "--include-dashboard", "true"]
+                str(ports["dashboard"]), "--ray-client-server-port", str(ports["client"]),
+                "--include-dashboard", "true"]
     else:
         cmd += ["--address", f"127.0.0.1:{ports['gcs']}"]
     env = {**_base_env(state, name), **(env_extra or {})}
@@ -744,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state", default=argparse.SUPPRESS, help=state_help)  # also after the verb
     sub = parser.add_subparsers(dest="verb", required=True)
-    p_up = sub.add_parser("up", parents=[common], help="start head + workers + PostgreSQL + MLflow; print how to submit a study")
+    p_up = sub.add_parser("up", parents=[common],
+                          help="start head + workers + PostgreSQL + MLflow; print how to submit a study")
     p_up.add_argument("--workers", type=int, default=2, help="worker nodes (default 2)")
     p_up.add_argument("--head-cpus", type=float, default=0, help="CPUs the head offers to tasks (default 0)")
     p_up.add_argument("--worker-cpus", type=float, default=1, help="CPUs per worker node (default 1)")
@@ -753,8 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--no-services", action="store_true", help="Ray only: no PostgreSQL, no MLflow server")
     sub.add_parser("status", parents=[common], help="what is running; exit 0 when every part answers")
     p_down = sub.add_parser("down", parents=[common], help="stop everything; check that nothing is left running")
-    p_down.add_argument("--purge", action="store_true", help="also delete the state folder (databases, artifacts, runs)")
-    p_add = sub.add_parser("add-node", parents=[common], help="start one more worker node (scale out, or replace a lost one)")
+    p_down.add_argument("--purge", action="store_true",
+                        help="also delete the state folder (databases, artifacts, runs)")
+    p_add = sub.add_parser("add-node", parents=[common],
+                           help="start one more worker node (scale out, or replace a lost one)")
     p_add.add_argument("--cpus", type=float)
     p_add.add_argument("--gpus", type=int)
     p_kill = sub.add_parser("kill-node", parents=[common],

@@ -149,7 +149,7 @@ class PromptConfig(_Section):
     lorsp_mode: LorspMode = "pixel"
 
     @model_validator(mode="after")
-    def _known_method(self) -> "PromptConfig":
+    def _known_method(self) -> PromptConfig:
         if self.method not in PROMPT_METHODS:
             raise ValueError(_unknown("prompt.method", self.method, PROMPT_METHODS))
         return self
@@ -226,7 +226,7 @@ class SpaceParam(_Section):
     knobs share the budget among their combinations (see `lorsp.search.balanced_cells`)."""
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SpaceParam":
+    def _consistent(self) -> SpaceParam:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical knob needs a non-empty `choices` list")
@@ -270,7 +270,7 @@ class Objective(_Section):
     mode: Literal["max", "min"] | None = None
 
     @model_validator(mode="after")
-    def _selectable(self) -> "Objective":
+    def _selectable(self) -> Objective:
         problem = selection_error(self.metric, "objectives.metric")
         if problem:
             raise ValueError(problem)
@@ -285,7 +285,7 @@ class SchedulerConfig(_Section):
     mode: Literal["max", "min"] | None = None
 
     @model_validator(mode="after")
-    def _selectable(self) -> "SchedulerConfig":
+    def _selectable(self) -> SchedulerConfig:
         problem = selection_error(self.metric, "search.scheduler.metric")
         if problem:
             raise ValueError(problem)
@@ -318,7 +318,7 @@ class SearchConfig(_Section):
     scheduler: SchedulerConfig | None = None
 
     @model_validator(mode="after")
-    def _known_sampler(self) -> "SearchConfig":
+    def _known_sampler(self) -> SearchConfig:
         if self.sampler not in SAMPLERS:
             raise ValueError(_unknown("search.sampler", self.sampler, SAMPLERS))
         return self
@@ -347,7 +347,7 @@ class ResourcesConfig(_Section):
     stream_cpus: float = Field(2.0, gt=0)  # CPUs a streaming trial reserves for its Ray Data decode tasks
 
     @model_validator(mode="after")
-    def _inline_is_one_worker(self) -> "ResourcesConfig":
+    def _inline_is_one_worker(self) -> ResourcesConfig:
         if self.launcher == "inline" and self.workers_per_trial > 1:
             raise ValueError(
                 f"launcher 'inline' runs one worker per trial, but workers_per_trial is "
@@ -387,7 +387,7 @@ class StudyConfig(_Section):
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "StudyConfig":
+    def _cross_checks(self) -> StudyConfig:
         for key in self.space:
             space_target(key)  # raises on unknown knobs
         if not self.objectives:
@@ -403,7 +403,7 @@ class StudyConfig(_Section):
                 raise ValueError(f"{where}: {problem}")
         return self
 
-    def with_params(self, params: dict[str, Any]) -> "StudyConfig":
+    def with_params(self, params: dict[str, Any]) -> StudyConfig:
         """A copy with searched values applied (`rank` -> prompt.rank, `lr` -> train.lr, ...)."""
         raw = self.model_dump()
         for key, value in params.items():
@@ -411,7 +411,7 @@ class StudyConfig(_Section):
             raw[section][field] = value
         return _validate(raw)
 
-    def resolved(self) -> "StudyConfig":
+    def resolved(self) -> StudyConfig:
         """The single-run configuration: fixed settings plus every space knob's default."""
         return self.with_params({k: p.value() for k, p in self.space.items()})
 

@@ -367,7 +367,8 @@ def write_manifest(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
         import pyarrow.parquet as pq
 
         fresh = {r["path"] for r in rows}
-        existing = [r for r in pq.read_table(old).to_pylist() if r.get("path") not in fresh and Path(r["path"]).exists()]
+        existing = [r for r in pq.read_table(old).to_pylist()
+                    if r.get("path") not in fresh and Path(r["path"]).exists()]
     merged = sorted(existing + rows, key=lambda r: (str(r.get("path"))))
     return write_table(merged, out, MANIFEST)
 
@@ -487,7 +488,8 @@ def _trial_of_run(store: Any, study: StudyConfig, run_id: str) -> int:
     try:
         run = store.client.get_run(run_id)
     except Exception as err:
-        raise ConfigError(f"--run-id {run_id}: no such MLflow run in {store.uri} ({str(err).splitlines()[0][:120]})") from None
+        reason = str(err).splitlines()[0][:120]
+        raise ConfigError(f"--run-id {run_id}: no such MLflow run in {store.uri} ({reason})") from None
     number = run.data.tags.get(OPTUNA_TRIAL, "")
     if run.data.tags.get(STUDY) != study.name or not number.isdigit():
         raise ConfigError(f"--run-id {run_id}: not a trial run of study '{study.name}' "
@@ -519,8 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for row in rows:
-        extra = f"  registered {row['registered_model']} v{row['registered_version']}" if row.get("registered_version") else ""
-        print(f"trial {row['trial']}: {row['path']}  val_acc {row.get('val_acc')}  test_acc {row.get('test_acc')}{extra}")
+        registered = row.get("registered_version")
+        extra = f"  registered {row['registered_model']} v{registered}" if registered else ""
+        print(f"trial {row['trial']}: {row['path']}  val_acc {row.get('val_acc')}  "
+              f"test_acc {row.get('test_acc')}{extra}")
     print(f"manifest: {Path(args.out) / (MANIFEST + '.parquet')} (+ .csv); load one with lorsp.load(PATH)")
     return 0
 

@@ -34,9 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 from ray.tune import Callback
@@ -183,7 +184,8 @@ class Store:
         study = self.study
         commit, dirty = _git_commit()
         tags = {ROLE: "study", STUDY: study.name, "sampler": study.search.sampler,
-                "seed": str(study.search.seed), "selection": "validation (test accuracy is reported, never selected on)",
+                "seed": str(study.search.seed),
+                "selection": "validation (test accuracy is reported, never selected on)",
                 OBJECTIVES_TAG: ", ".join(f"{o.mode} {o.metric}" for o in study.objectives)}
         if commit:
             tags["mlflow.source.git.commit"] = commit
@@ -316,7 +318,8 @@ def _close_open_parents() -> None:
             client = MlflowClient(tracking_uri=uri)
             if client.get_run(run_id).info.status != "RUNNING":
                 continue
-            for child in client.search_runs([experiment_id], f"tags.`{PARENT_ID}` = '{run_id}' and attributes.status = 'RUNNING'"):
+            running = f"tags.`{PARENT_ID}` = '{run_id}' and attributes.status = 'RUNNING'"
+            for child in client.search_runs([experiment_id], running):
                 client.set_terminated(child.info.run_id, "KILLED")
             client.set_terminated(run_id, "KILLED")
         except Exception:  # the store may be gone; nothing more can be done at exit
@@ -448,7 +451,8 @@ class MLflowCallback(Callback):
         the parent too unless the study ran to its end (then :func:`finish_study` closes it)."""
         for trial_id in list(self._runs):
             if trial_id not in self._closed:
-                self._finish_run(trial_id, Outcome("INTERRUPTED", int(self._last.get(trial_id, {}).get("epoch", 0) or 0)))
+                epochs = int(self._last.get(trial_id, {}).get("epoch", 0) or 0)
+                self._finish_run(trial_id, Outcome("INTERRUPTED", epochs))
         if reason != "the study ended":
             def close_parent() -> None:
                 self.store.set_tags(self.parent_id, {"end_reason": reason})
@@ -520,7 +524,8 @@ def tune_callbacks(study: StudyConfig, uri: str | None = None) -> list[Callback]
     try:
         parent_id, created = store.ensure_parent()
     except Exception as err:
-        raise ConfigError(f"tracking.uri {store.uri}: cannot create the study's parent run ({_one_line(err)})") from None
+        raise ConfigError(f"tracking.uri {store.uri}: cannot create the study's parent run "
+                          f"({_one_line(err)})") from None
     if created:
         _OPEN_PARENTS[parent_id] = (store.uri, store.experiment_id)
     return [MLflowCallback(study, store.uri, store.experiment_id, parent_id)]
@@ -588,7 +593,8 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
             # Metrics a dead store missed, or whose latest value is an earlier epoch's: the final
             # value from the Optuna record, logged at the last epoch so that it becomes the latest.
             stale = {k: v for k, v in _record_metrics(record).items()
-                     if k not in run.data.metrics or not math.isclose(run.data.metrics[k], v, rel_tol=1e-9, abs_tol=1e-12)}
+                     if k not in run.data.metrics
+                     or not math.isclose(run.data.metrics[k], v, rel_tol=1e-9, abs_tol=1e-12)}
             if stale:
                 store.log_metrics(run_id, stale, record.epochs_done)
             if not any(a.path == CHECKPOINT_ARTIFACTS for a in _safe_list(store, run_id)):
@@ -776,7 +782,8 @@ def _git_commit() -> tuple[str | None, bool]:
         return None, False
 
 
-def relog(name: str, storage: str | None = None, tracking: str | None = None, root: str | None = None) -> dict[str, Any]:
+def relog(name: str, storage: str | None = None, tracking: str | None = None,
+          root: str | None = None) -> dict[str, Any]:
     """Rebuild a stored study's parent and child runs in MLflow from its Optuna storage."""
     from lorsp.search import open_stored_study, trial_records
 

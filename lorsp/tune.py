@@ -23,12 +23,13 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.errors import DataError
-from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY, outcome_of
+from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY
 from lorsp.pareto import TrialRecord
 from lorsp.ports import free_port
 
@@ -234,7 +235,8 @@ def _ray_train_trial(params: dict[str, Any], study_json: str, splits_ref: Any, s
         dataset_config=stream.get("dataset_config"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
-            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
+            resources_per_worker={"CPU": res.cpus_per_worker,
+                                  **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
         ),
         run_config=ray.train.RunConfig(
             name=f"{study.name}-{trial_id}",
@@ -295,8 +297,9 @@ def trainable(study: StudyConfig, splits_ref: Any, storage_path: str, jobs: bool
     # Wrapped in a list: a bare ObjectRef parameter would be fetched into every trial driver and then
     # copied into each worker's config; the list keeps it a reference that workers `ray.get` locally.
     if res.uses_ray_train:
-        trainable = tune.with_parameters(_ray_train_job if jobs else _ray_train_trial, study_json=study.model_dump_json(),
-                                         splits_ref=[splits_ref], storage_path=storage_path, streaming=streaming)
+        trainable = tune.with_parameters(_ray_train_job if jobs else _ray_train_trial,
+                                         study_json=study.model_dump_json(), splits_ref=[splits_ref],
+                                         storage_path=storage_path, streaming=streaming)
     else:
         trainable = tune.with_parameters(_inline_job if jobs else _inline_trial, study_json=study.model_dump_json(),
                                          splits_ref=[splits_ref])
@@ -407,7 +410,7 @@ class Interruption:
         self.armed = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "Interruption":
+    def __enter__(self) -> Interruption:
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -528,8 +531,9 @@ def run_study(
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
     launcher = "in the trial process" if inline else f"Ray Train, {study.resources.workers_per_trial} worker(s) each"
+    objectives = ", ".join(f"{o.mode} {o.metric}" for o in study.objectives)
     log(f"study '{study.name}': {todo} trials, {study.search.max_concurrent} at a time ({launcher}), "
-        f"sampler {study.search.sampler}, objectives {', '.join(f'{o.mode} {o.metric}' for o in study.objectives)}; storage {uri}")
+        f"sampler {study.search.sampler}, objectives {objectives}; storage {uri}")
     interruption.arm()
     try:
         tuner.fit()

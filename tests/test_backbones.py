@@ -30,7 +30,8 @@ def test_shipped_weights_load_through_timm_and_say_what_they_are():
     assert "synthetic" in recipe["dataset"]  # pretrained on gratings, never on the digits it is prompted for
     assert recipe["augment"] in ("none", "crop")  # a flip turns one grating orientation class into another
     random = create_backbone(BackboneConfig(model="vit_micro_patch4_16", pretrained=False), 16)
-    assert not torch.equal(random.state_dict()["blocks.0.attn.qkv.weight"], model.state_dict()["blocks.0.attn.qkv.weight"])
+    qkv = "blocks.0.attn.qkv.weight"
+    assert not torch.equal(random.state_dict()[qkv], model.state_dict()[qkv])
     cfg = timm.data.resolve_data_config({}, model=model)
     assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["input_size"] == (3, 16, 16)
 
@@ -43,7 +44,8 @@ def test_pretrain_learns_the_source_task_and_its_file_loads_as_a_checkpoint(tmp_
     with safe_open(str(path), "pt") as f:
         assert not any(k.startswith("head.") for k in f.keys())
         assert json.loads(f.metadata()["lorsp_pretrain"])["epochs"] == 6
-    loaded = create_backbone(BackboneConfig(model="vit_micro_patch4_16", checkpoint=str(path)), MICRO_VIT_ARGS["img_size"])
+    loaded = create_backbone(BackboneConfig(model="vit_micro_patch4_16", checkpoint=str(path)),
+                             MICRO_VIT_ARGS["img_size"])
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 

@@ -2,11 +2,11 @@
 
 The first tests read the cloud configs and hold them to Ray's own cluster-config schema and to each
 other (images, volumes, secrets, service names). The others start real processes through
-`cluster/local_cluster.py`, the tool behind `cluster/local.sh` (PostgreSQL, an MLflow server, a Ray head and worker nodes, each a
-separate raylet with token auth), submit real studies with `ray job submit`, lose a worker node in
-the middle of a study, stop and resume the study driver, and check what ended up in PostgreSQL and
-MLflow. PostgreSQL comes from the system (`apt-get install -y postgresql`): without it these tests
-are skipped here and fail in CI.
+`cluster/local_cluster.py`, the tool behind `cluster/local.sh` (PostgreSQL, an MLflow server, a Ray
+head and worker nodes, each a separate raylet with token auth), submit real studies with `ray job
+submit`, lose a worker node in the middle of a study, stop and resume the study driver, and check
+what ended up in PostgreSQL and MLflow. PostgreSQL comes from the system (`apt-get install -y
+postgresql`): without it these tests are skipped here and fail in CI.
 """
 
 from __future__ import annotations

@@ -55,9 +55,11 @@ def test_vit_study_parses():
         ({"data.augment": False}, "data.augment: a boolean is no longer accepted"),
         ({"data.augment": "cropflip"}, "did you mean 'crop_flip'"),
         ({"data.num_workers": 4}, "data.num_workers: unknown key"),
-        ({"data.val_fraction": 0}, "data.val_fraction: must be in (0, 1), got 0.0: the search selects on the validation"),
+        ({"data.val_fraction": 0},
+         "data.val_fraction: must be in (0, 1), got 0.0: the search selects on the validation"),
         ({"data.val_fraction": 1.0}, "data.val_fraction: must be in (0, 1), got 1.0: that leaves no training"),
-        ({"data.test_fraction": 0}, "data.test_fraction: must be in (0, 1), got 0.0: test metrics are reported on the test"),
+        ({"data.test_fraction": 0},
+         "data.test_fraction: must be in (0, 1), got 0.0: test metrics are reported on the test"),
         ({"data.test_fraction": -0.1}, "data.test_fraction: must be in (0, 1)"),
     ],
 )
@@ -208,7 +210,8 @@ def test_robust_and_energy_metrics_are_objectives(write_study):
          "search.scheduler.metric: 'test_acc_noise' is measured on the test split"),
         ({"eval.noise_std": [0.1, 0.1]}, "eval.noise_std: each level once"),
         ({"eval.noise_std": [-0.1]}, "eval.noise_std: every level must be a finite std >= 0"),
-        ({"eval.corruptions": ["blur"]}, "eval.corruptions: unknown key; remove it or use one of: noise_std, noise_seed"),
+        ({"eval.corruptions": ["blur"]},
+         "eval.corruptions: unknown key; remove it or use one of: noise_std, noise_seed"),
         ({"prompt.lorsp_mode": "factors"}, "prompt.lorsp_mode: Input should be 'pixel' or 'factor'"),
     ],
 )

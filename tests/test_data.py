@@ -164,7 +164,7 @@ def test_parquet_hf_struct_and_binary(tmp_path: Path) -> None:
 
     def rows(n: int) -> tuple[list[bytes], list[int]]:
         labels = [i % 3 for i in range(n)]
-        return [_png_bytes(list(_COLOURS.values())[l]) for l in labels], labels
+        return [_png_bytes(list(_COLOURS.values())[label]) for label in labels], labels
 
     # HF layout: a directory with train/test files and the image as {"bytes", "path"} struct
     d = tmp_path / "hf" / "data"
@@ -274,7 +274,8 @@ def test_undecodable_parquet_image_names_file_and_row(tmp_path: Path) -> None:
     with pytest.raises(DataError) as e:
         load_splits(f"parquet:{d}", image_size=8)
     message = str(e.value)
-    assert message == f"parquet:{second} row 530: cannot decode the image (image file is truncated); fix or drop that row"
+    assert message == (f"parquet:{second} row 530: cannot decode the image (image file is truncated); "
+                       "fix or drop that row")
     # An empty cell is reported at its row in its own file, too.
     blobs[530] = None
     write("train-00001.parquet", blobs)

@@ -30,7 +30,8 @@ def test_new_metrics_have_their_direction_split_and_schedule():
 
 
 @pytest.mark.parametrize("std,name", [(0.05, "val_acc_noise_0.05"), (0.1, "val_acc_noise_0.1"),
-                                      (0.0, "val_acc_noise_0.0"), (1e-05, "val_acc_noise_1e-05"), (2, "val_acc_noise_2.0")])
+                                      (0.0, "val_acc_noise_0.0"), (1e-05, "val_acc_noise_1e-05"),
+                                      (2, "val_acc_noise_2.0")])
 def test_level_names_are_canonical_and_read_back(std: float, name: str):
     assert noise_metric_name("val", std) == name
     assert noise_level(name) == float(std)

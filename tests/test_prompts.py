@@ -35,7 +35,8 @@ def _expected_params(method: str, L: int, r: int, K: int, p: int, low_rank: bool
 
 
 def test_unknown_method_raises() -> None:
-    with pytest.raises(ValueError, match="unknown prompt method 'vpt': choose one of none, pad, lorvp, lorsp, spike_nvpt"):
+    expected = "unknown prompt method 'vpt': choose one of none, pad, lorvp, lorsp, spike_nvpt"
+    with pytest.raises(ValueError, match=expected):
         create_prompter("vpt", L)
 
 
@@ -370,7 +371,8 @@ def test_spike_nvpt_starts_at_zero_with_every_neuron_firing() -> None:
 def _sj_spikes(current: torch.Tensor, T: int, thr: float, alpha: float, tau: float | None) -> torch.Tensor:
     from spikingjelly.activation_based import functional, neuron, surrogate
 
-    kw = dict(v_threshold=thr, v_reset=0.0, surrogate_function=surrogate.Sigmoid(alpha=alpha), detach_reset=False, step_mode="m")
+    kw = dict(v_threshold=thr, v_reset=0.0, surrogate_function=surrogate.Sigmoid(alpha=alpha),
+              detach_reset=False, step_mode="m")
     node = neuron.IFNode(**kw) if tau is None else neuron.LIFNode(tau=tau, decay_input=True, **kw)
     spikes = node(current.expand(T, *current.shape))
     functional.reset_net(node)
@@ -518,7 +520,7 @@ def test_lorsp_saves_one_derivative_per_factor_whatever_t(K: int) -> None:
     per_factor = x.numel() * (4 + 1)
     for T in (2, 16):
         prompter = create_prompter("lorsp", L, rank=2, factors=K, timesteps=T)
-        saved = _saved_bytes(lambda: prompter(x), [*prompter.parameters(), x])
+        saved = _saved_bytes(lambda p=prompter: p(x), [*prompter.parameters(), x])
         assert saved <= K * per_factor + 4096, (T, saved)  # + the tiny [K, 3] factors
 
 

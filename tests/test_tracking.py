@@ -27,7 +27,7 @@ import yaml
 from ray.tune import Callback
 
 from lorsp.config import ConfigError, load_study
-from tests.conftest import QUICKSTART, brute_force_front
+from tests.conftest import QUICKSTART, brute_force_front, inclusion_exclusion_hv
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +158,8 @@ def _run_shared_study(base: Path) -> dict[str, Any]:
         "base": base, "root": base / "runs", "study": study, "records": records, "server": server,
         "standby": standby, "servers": [standby],
         "server_study": server_study, "sqlite_uri": tracking_uri(study), "sqlite_callback": sqlite_callbacks[0],
-        "server_callback": server_callbacks[0], "callback_warnings": callback_warnings, "killer": killer, "finished": finished,
+        "server_callback": server_callbacks[0], "callback_warnings": callback_warnings, "killer": killer,
+        "finished": finished,
         "server_finished": server_finished, "server_finish_warnings": warnings,
         "server_finish_s": time.perf_counter() - t0, "study_s": time.perf_counter() - tick,
     }
@@ -290,7 +291,7 @@ def test_parent_run_holds_the_study(run):
 
 
 def test_pareto_tags_and_hypervolume_agree_with_brute_force(run):
-    study, records = run["study"], run["records"]
+    study = run["study"]
     front, points = _brute_force_front(study, f"sqlite:///{run['root'].resolve() / 'optuna.db'}")
     assert front and len(points) == 2
     parent, children = _runs(run["sqlite_uri"])
@@ -308,15 +309,8 @@ def test_pareto_tags_and_hypervolume_agree_with_brute_force(run):
     assert json.loads(parent.data.tags["hv_reference"]) == pytest.approx(
         {"val_acc": ref[0], "prompt_density": ref[1], "trainable_params": ref[2]})
     # Hypervolume of the front by inclusion-exclusion of its boxes (independent of lorsp.pareto).
-    import itertools
-
-    pts = [[-points[n][0], points[n][1], points[n][2]] for n in sorted(front)]  # all minimised
-    r = [-ref[0], ref[1], ref[2]]
-    hv = 0.0
-    for size in range(1, len(pts) + 1):
-        for subset in itertools.combinations(pts, size):
-            corner = [max(p[k] for p in subset) for k in range(3)]
-            hv += (-1) ** (size + 1) * max(0.0, r[0] - corner[0]) * max(0.0, r[1] - corner[1]) * max(0.0, r[2] - corner[2])
+    modes = [o.mode for o in study.objectives]
+    hv = inclusion_exclusion_hv([points[n] for n in sorted(front)], modes, ref)
     assert parent.data.metrics["hypervolume"] == pytest.approx(hv)
     assert parent.data.metrics["pareto_front_size"] == len(front)
     # No statistic of the test set over the front: the test accuracy is reported per member only.
@@ -411,7 +405,8 @@ def test_relog_into_the_restarted_server(run, capsys):
         assert child.info.status == _expected_status(record)
         assert child.data.metrics["val_acc"] == pytest.approx(record.values["val_acc"])
         assert child.data.tags["pareto"] == str(record.pareto).lower()
-        assert any(a.path == "checkpoint/prompt.safetensors" for a in client.list_artifacts(child.info.run_id, "checkpoint"))
+        artifacts = client.list_artifacts(child.info.run_id, "checkpoint")
+        assert any(a.path == "checkpoint/prompt.safetensors" for a in artifacts)
     first = min(live, key=lambda c: c.info.start_time)
     assert len(client.get_metric_history(first.info.run_id, "val_acc")) >= 1
     # Again: nothing new.

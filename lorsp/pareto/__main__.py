@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="study name (the Optuna study / MLflow experiment)")
     parser.add_argument("--storage", help="Optuna RDB URI (default: sqlite ROOT/optuna.db)")
     parser.add_argument("--root", help="folder of the embedded stores (default: lorsp-runs)")
-    parser.add_argument("--out", help="where to write front.parquet/.csv and trials.parquet/.csv (default ROOT/pareto/NAME)")
+    parser.add_argument("--out", help="where to write front.parquet/.csv and trials.parquet/.csv "
+                                      "(default ROOT/pareto/NAME)")
     parser.add_argument("--by", metavar="PARAM[,PARAM]",
                         help="also one front per value of these parameters, e.g. --by method or --by method,lorsp_mode")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plots")
