@@ -377,7 +377,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(address=address, num_cpus=num_cpus if local else None, logging_level="WARNING",
+        # "local", not None: Ray would otherwise attach to any `ray start` cluster it finds running
+        # on this machine (another user's, another test's) instead of starting the embedded one.
+        ray.init(address="local" if local else address, num_cpus=num_cpus if local else None, logging_level="WARNING",
                  log_to_driver=True, runtime_env={"env_vars": env_vars})
     finally:
         if local:

@@ -65,3 +65,19 @@ def inclusion_exclusion_hv(points: list[list[float]], modes: list[str], ref: lis
             volume = float(np.prod([max(0.0, r[k] - corner[k]) for k in range(len(r))]))
             total += (-1) ** (size + 1) * volume
     return total
+
+
+@pytest.fixture(scope="session")
+def tracked_study(tmp_path_factory: pytest.TempPathFactory):
+    """The small study of tests/tracked_study.py, run once per session for the tracking and export
+    tests. Ray is shut down once it has run (nothing after it needs Ray, and the next module starts
+    its own with the CPUs it asks for); its MLflow servers live until the session ends."""
+    import ray
+
+    from tests.tracked_study import run_tracked_study
+
+    ctx = run_tracked_study(tmp_path_factory.mktemp("tracking-study"))
+    ray.shutdown()
+    yield ctx
+    for server in [ctx["server"], *ctx["servers"]]:
+        server.kill()

@@ -19,18 +19,14 @@ from safetensors.torch import load_file
 import lorsp
 from lorsp.config import ConfigError, StudyConfig
 from lorsp.export import main
-from tests.test_tracking import NAME, shared_study
+from tests.tracked_study import NAME
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run(request, tmp_path_factory):
-    ctx = shared_study(request, tmp_path_factory)
-    yield ctx
-    import ray
-
-    ray.shutdown()
+def run(tracked_study: dict) -> dict:
+    return tracked_study
 
 
 def _children(run) -> dict[int, object]:

@@ -23,8 +23,9 @@ import matplotlib.image as mpimg
 import pytest
 
 from lorsp.config import load_study
+from lorsp.ports import free_port
 from tests.conftest import QUICKSTART, REPO
-from tests.test_tracking import OVERRIDES, free_port
+from tests.tracked_study import OVERRIDES
 
 pytestmark = pytest.mark.slow
 

@@ -233,15 +233,18 @@ def test_existing_study_needs_resume(tmp_path):
 EPOCHS = 30
 
 
-def _interrupt(tmp_path: Path, sig: signal.Signals) -> tuple[list[str], str, Path, dict[int, int]]:
-    """Run a 4-trial study one trial at a time, send `sig` to the driver once two trials finished
-    and the third has a checkpoint of epoch 2 (read from the Optuna storage, not from timing; 30
-    short epochs leave the stop far more time than it needs to land before that trial ends), check
-    that nothing stays RUNNING in either store, and return (the command, the interrupted run's
-    stderr, the store folder, and for each interrupted trial the epoch of its last checkpoint)."""
+def _interrupt(tmp_path: Path, sig: signal.Signals, *, trials: int,
+               finished: int) -> tuple[list[str], str, Path, dict[int, int]]:
+    """Run a study of `trials` trials one at a time, send `sig` to the driver once `finished` trials
+    are complete and the next has a checkpoint of epoch 2 (read from the Optuna storage, not from
+    timing; 30 short epochs leave the stop far more time than it needs to land before that trial
+    ends), check that nothing stays RUNNING in either store, and return (the command, the
+    interrupted run's stderr, the store folder, and for each interrupted trial the epoch of its last
+    checkpoint)."""
     root = tmp_path / "runs"
     args = [sys.executable, "-m", "lorsp.tune", "--space", str(QUICKSTART), "--name", "resumable",
-            "--num-samples", "4", "--max-concurrent", "1", "--set", "data.max_train=160", "--set", "data.batch_size=40",
+            "--num-samples", str(trials), "--max-concurrent", "1",
+            "--set", "data.max_train=160", "--set", "data.batch_size=40",
             "--set", f"train.epochs={EPOCHS}", "--set", f"tracking.root={root}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -254,9 +257,9 @@ def _interrupt(tmp_path: Path, sig: signal.Signals) -> tuple[list[str], str, Pat
             trials = optuna.load_study(study_name="resumable", storage=url).trials
         except Exception:
             continue  # not created yet
-        finished = sum(t.state.name == "COMPLETE" for t in trials)
-        if finished >= 2 and any(t.state.name == "RUNNING" and 2 <= t.user_attrs.get("epochs_done", 0) <= 5
-                                 for t in trials):
+        complete = sum(t.state.name == "COMPLETE" for t in trials)
+        if complete >= finished and any(t.state.name == "RUNNING" and 2 <= t.user_attrs.get("epochs_done", 0) <= 5
+                                        for t in trials):
             break
     else:
         if proc.poll() is None:
@@ -288,20 +291,29 @@ def _interrupt(tmp_path: Path, sig: signal.Signals) -> tuple[list[str], str, Pat
 
 
 def test_sigterm_stops_the_study_cleanly(tmp_path):
-    """SIGTERM (what `ray job stop` and schedulers send) is a clean stop too, exit 143."""
-    _interrupt(tmp_path, signal.SIGTERM)
+    """SIGTERM (what `ray job stop` and schedulers send) in the first trial is a clean stop too:
+    exit 143, that trial waits with its checkpoint."""
+    _interrupt(tmp_path, signal.SIGTERM, trials=2, finished=0)
 
 
 def test_interrupted_study_resumes_every_trial_once(tmp_path):
-    args, _, root, checkpoints = _interrupt(tmp_path, signal.SIGINT)
+    """SIGINT (Ctrl-C, exit 130) after one finished trial, then --resume: the finished trial is not
+    run again, the interrupted one continues from its checkpoint, and the one never started runs
+    with a configuration of its own."""
+    args, _, root, checkpoints = _interrupt(tmp_path, signal.SIGINT, trials=3, finished=1)
+    url = f"sqlite:///{root / 'optuna.db'}"
+    before = {t.number: t.values for t in optuna.load_study(study_name="resumable", storage=url).trials
+              if t.state.name == "COMPLETE"}
+    assert before
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     done = subprocess.run([*args, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "interrupted to resume" in done.stdout
     trials = optuna.load_study(study_name="resumable", storage=f"sqlite:///{root / 'optuna.db'}").trials
-    assert [t.number for t in trials] == [0, 1, 2, 3]  # every trial number once, none repeated
+    assert [t.number for t in trials] == [0, 1, 2]  # every trial number once, none repeated
     assert all(t.state.name == "COMPLETE" and t.user_attrs["epochs_done"] == EPOCHS for t in trials)
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
+    assert {t.number: t.values for t in trials if t.number in before} == before  # not trained again
     resumed = [t for t in trials if t.user_attrs.get("interruptions")]
     assert sorted(t.number for t in resumed) == sorted(checkpoints)
     import mlflow
@@ -309,7 +321,10 @@ def test_interrupted_study_resumes_every_trial_once(tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = {int(r.data.tags["optuna_trial"]): r for r in client.search_runs(
         [client.get_experiment_by_name("resumable").experiment_id], "tags.`lorsp.role` = 'trial'")}
-    assert sorted(runs) == [0, 1, 2, 3] and all(r.info.status == "FINISHED" for r in runs.values())
+    assert sorted(runs) == [0, 1, 2] and all(r.info.status == "FINISHED" for r in runs.values())
+    for number in before:  # logged once: nothing of a finished trial is replayed
+        steps = [m.step for m in client.get_metric_history(runs[number].info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), steps
     for t in resumed:
         # Resumed from its checkpoint, not re-run: the epochs up to the checkpoint (>= 2) were
         # trained, and logged, once. (An epoch that ended after the last stored checkpoint is
