@@ -5,10 +5,14 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
@@ -65,6 +69,22 @@ def inclusion_exclusion_hv(points: list[list[float]], modes: list[str], ref: lis
             volume = float(np.prod([max(0.0, r[k] - corner[k]) for k in range(len(r))]))
             total += (-1) ** (size + 1) * volume
     return total
+
+
+def lif_spike_counts(current: torch.Tensor, T: int, thr: float, tau: float) -> torch.Tensor:
+    """A plain LIF, written from docs/methods.md: charge ``h = v + (I - v)/tau``, fire at ``h >= V_th``,
+    hard reset to 0; returns the spike count of every neuron over T steps (the tests' independent
+    reference for lorsp's fused neurons)."""
+    import torch
+
+    v = torch.zeros_like(current)
+    count = torch.zeros_like(current)
+    for _ in range(T):
+        h = v + (current - v) / tau
+        fired = h >= thr
+        count += fired
+        v = torch.where(fired, torch.zeros_like(h), h)
+    return count
 
 
 @pytest.fixture(scope="session")

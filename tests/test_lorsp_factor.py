@@ -9,7 +9,7 @@ from lorsp.config import load_study
 from lorsp.prompts import create_prompter
 from lorsp.search import used_knobs
 from lorsp.train import train_loop
-from tests.conftest import QUICKSTART
+from tests.conftest import QUICKSTART, lif_spike_counts
 
 L = 16
 TINY = ["train.epochs=1", "data.max_train=96", "data.batch_size=32", "data.image_size=8",
@@ -28,18 +28,6 @@ def _varied_images(n: int = 6) -> torch.Tensor:
     """Images whose channel means differ a lot, so instance-driven gates have something to see."""
     levels = torch.linspace(0.05, 0.95, n)[:, None, None, None]
     return (levels + 0.05 * _images(n)).clamp(0, 1)
-
-
-def _lif_counts(current: torch.Tensor, T: int, thr: float, tau: float) -> torch.Tensor:
-    """A plain LIF from its definition: h = v + (I − v)/τ, spike at h ≥ V_th, hard reset to 0."""
-    v = torch.zeros_like(current)
-    count = torch.zeros_like(current)
-    for _ in range(T):
-        h = v + (current - v) / tau
-        fired = h >= thr
-        count += fired
-        v = torch.where(fired, torch.zeros_like(h), h)
-    return count
 
 
 def _randomise(prompter, gate_scale: float = 3.0) -> None:
@@ -70,7 +58,7 @@ def test_prompt_follows_the_formulation():
         got = prompter.prompt(x)
     B, A, w, b = (q.detach() for q in (prompter.B, prompter.A, prompter.gate_weight, prompter.gate_bias))
     current = w[None] * (x - 0.5).mean(dim=(2, 3))[:, None, :] + b[None]  # [N, K, 3]
-    gate = (_lif_counts(current, T, thr, 1 / decay) - _lif_counts(-current, T, thr, 1 / decay)) / T
+    gate = (lif_spike_counts(current, T, thr, 1 / decay) - lif_spike_counts(-current, T, thr, 1 / decay)) / T
     expected = torch.einsum("nkc,kcij->ncij", gate, torch.einsum("kcir,kcrj->kcij", B, A))
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.equal(prompter.gates(x), gate)  # the gates are exact multiples of 1/T

@@ -9,6 +9,7 @@ import torch
 
 from lorsp.prompts import PROMPTERS, Prompter, create_prompter
 from lorsp.prompts.lif import _simulate, if_rate, lif_rate, reference_rate, signed_counts
+from tests.conftest import lif_spike_counts
 
 L = 16
 #: the fast path runs without SpikingJelly (e.g. on the GPU machine); only comparisons need it
@@ -200,19 +201,6 @@ def test_pad_prompt_is_a_frame_of_width_p() -> None:
     assert float(prompter.stats()["density"]) == pytest.approx(1 - (L - 2 * p) ** 2 / L**2)
 
 
-def _lif_spike_counts(current: torch.Tensor, T: int, thr: float, tau: float) -> torch.Tensor:
-    """A plain LIF, written from docs/methods.md: charge ``h = v + (I - v)/tau``, fire at ``h >= V_th``,
-    hard reset to 0; returns the spike count of every neuron over T steps."""
-    v = torch.zeros_like(current)
-    count = torch.zeros_like(current)
-    for _ in range(T):
-        h = v + (current - v) / tau
-        fired = h >= thr
-        count += fired
-        v = torch.where(fired, torch.zeros_like(h), h)
-    return count
-
-
 def test_lorsp_prompt_follows_the_formulation() -> None:
     """The whole of docs/methods.md, rebuilt by hand: I_k = B_k·A_k + β_k ⊙ (x − 0.5), a +I_k and a −I_k
     LIF population for T steps, ρ_k = (S⁺ − S⁻)/T, prompt = Σ_k a_k ⊙ ρ_k; firing rate = spikes per
@@ -233,7 +221,7 @@ def test_lorsp_prompt_follows_the_formulation() -> None:
     spikes = 0.0
     for k in range(K):
         current = torch.einsum("cir,crj->cij", B[k], A[k])[None] + beta[k][None, :, None, None] * (x - 0.5)
-        up, down = _lif_spike_counts(current, T, thr, 1 / decay), _lif_spike_counts(-current, T, thr, 1 / decay)
+        up, down = lif_spike_counts(current, T, thr, 1 / decay), lif_spike_counts(-current, T, thr, 1 / decay)
         expected += amp[k][None, :, None, None] * (up - down) / T
         spikes += float(up.sum() + down.sum())
     assert 0 < torch.count_nonzero(expected) < expected.numel()  # a sparse prompt: the test can see both
