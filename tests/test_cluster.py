@@ -373,46 +373,12 @@ def _read_trial_results(state: dict[str, Any], study: str) -> dict[str, list[dic
     return out
 
 
-@pytest.mark.slow
-def test_ray_job_submit_to_a_local_head(tmp_path, monkeypatch):
-    """`ray start --head` (token auth), `ray job submit` of the quickstart study: SUCCEEDED; head stopped.
+@pytest.fixture(scope="module")
+def study_on_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One study on head + 2 worker nodes, PostgreSQL and MLflow; a worker lost mid-trial; driver resumed.
 
     With HOME an empty folder, as on a fresh CI machine: `ray start` finds no ~/.ray/auth_token there
     and does not make one, so the cluster must bring its own token to every node and client.
-    """
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))  # inherited by `up`'s nodes and by `ray job submit`
-    folder = _state_folder("lorsp-head-")
-    state = None
-    try:
-        state = cluster.up(folder, workers=0, head_cpus=2, services=False, object_store_mb=256, quiet=True)
-        token = cluster.token_file(state)
-        assert token.parent == folder and token.stat().st_mode & 0o777 == 0o600
-        with pytest.raises(urllib.error.HTTPError) as refused:  # token auth is on
-            urllib.request.urlopen(state["dashboard_url"] + "/api/jobs/", timeout=10)
-        assert refused.value.code == 401
-        with urllib.request.urlopen(urllib.request.Request(state["dashboard_url"] + "/api/jobs/",
-                                                           headers=cluster.auth_headers(state)), timeout=10) as ok:
-            assert ok.status == 200  # the cluster's own token is the one its head checks
-        sid = _submit(state, ["--set", "train.epochs=1", "--set", "data.max_train=200", "--num-samples", "1",
-                              "--name", "head-only"], wait=True)
-        assert _job_status(state, sid) == "SUCCEEDED"
-        import optuna
-
-        stored = optuna.load_study(study_name="head-only", storage=f"sqlite:///{state['runs']}/optuna.db")
-        assert [t.state.name for t in stored.trials] == ["COMPLETE"]
-    finally:
-        if folder.exists():
-            cluster.down(folder, purge=True, quiet=True)
-        shutil.rmtree(folder.parent, ignore_errors=True)
-    assert state is not None and cluster.cluster_pids(state["id"]) == []
-    assert not (home / ".ray" / "auth_token").exists(), "the cluster used its own token, not one made in HOME"
-
-
-@pytest.fixture(scope="module")
-def study_on_cluster():
-    """One study on head + 2 worker nodes, PostgreSQL and MLflow; a worker lost mid-trial; driver resumed.
 
     1. `ray job submit --no-wait` of the quickstart study (4 trials, 4 epochs, 2 at a time) with
        `resources.launcher=ray_train`.
@@ -425,6 +391,31 @@ def study_on_cluster():
     Everything the tests check is read before `down`; `down` runs last, and what it left is kept.
     """
     _need_postgres()
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HOME", str(home))  # inherited by `up`'s nodes and by `ray job submit`
+        out = _run_study_on_cluster()
+    out["home_token"] = (home / ".ray" / "auth_token").exists()
+    print(f"\nmulti-node study on the local cluster: {out['wall_s']:.0f}s wall (up to down); "
+          f"unfinished at the stop (number: state, epoch): {out.get('unfinished_at_stop')}", file=sys.stderr)
+    yield out
+
+
+def _auth_probe(state: dict[str, Any]) -> dict[str, int]:
+    """HTTP status of the job API without and with the cluster's token."""
+    codes = {}
+    try:
+        urllib.request.urlopen(state["dashboard_url"] + "/api/jobs/", timeout=10)
+        codes["without"] = 200
+    except urllib.error.HTTPError as refused:
+        codes["without"] = refused.code
+    with urllib.request.urlopen(urllib.request.Request(state["dashboard_url"] + "/api/jobs/",
+                                                       headers=cluster.auth_headers(state)), timeout=10) as ok:
+        codes["with"] = ok.status
+    return codes
+
+
+def _run_study_on_cluster() -> dict[str, Any]:
     folder = _state_folder("lorsp-cluster-")
     started = time.monotonic()
     state = cluster.up(folder, workers=2, head_cpus=0, worker_cpus=1, object_store_mb=256, quiet=True)
@@ -443,6 +434,9 @@ def study_on_cluster():
         def stored_trials() -> list[Any]:
             return optuna.load_study(study_name=out["study"], storage=state["storage_uri"]).get_trials(deepcopy=False)
 
+        token = cluster.token_file(state)
+        out["token"] = (token.parent == folder, token.stat().st_mode & 0o777)
+        out["auth"] = _auth_probe(state)
         first = _submit(state, study_args(TRIALS), wait=False)
         w1 = state["nodes"]["w1"]["node_id"]
 
@@ -516,9 +510,7 @@ def study_on_cluster():
             out["left_running"] = cluster.cluster_pids(state["id"])
             cluster.down(folder, purge=True, quiet=True)
             shutil.rmtree(folder.parent, ignore_errors=True)
-    print(f"\nmulti-node study on the local cluster: {out['wall_s']:.0f}s wall (up to down); "
-          f"unfinished at the stop (number: state, epoch): {out.get('unfinished_at_stop')}", file=sys.stderr)
-    yield out
+    return out
 
 
 def _checkpointed_midway(trial: Any) -> bool:
@@ -667,6 +659,15 @@ def test_stopped_driver_resumes_and_nothing_is_lost_or_recorded_twice(study_on_c
         assert len(child["val_acc_steps"]) == len(set(child["val_acc_steps"])), child["tags"].get("optuna_trial")
         if child["tags"].get("resumed") == "true":  # reopened, not duplicated, when its trial resumed
             assert int(child["tags"]["optuna_trial"]) in unfinished, child["tags"]
+
+
+@pytest.mark.slow
+def test_the_cluster_brings_its_own_token(study_on_cluster):
+    """Token auth is on, with the token `up` wrote beside the cluster's state (not in HOME, empty here)."""
+    out = study_on_cluster
+    assert out["token"] == (True, 0o600)
+    assert out["auth"] == {"without": 401, "with": 200}  # the cluster's own token is the one its head checks
+    assert not out["home_token"], "the cluster used its own token, not one made in HOME"
 
 
 @pytest.mark.slow

@@ -1,0 +1,36 @@
+"""Ctrl-C and SIGTERM reach lorsp.tune's one handler: the first asks the study to stop, a second stops
+at once. Real signals sent to this process; the end-to-end stop and --resume of a study driver is in
+tests/test_tune.py (with SIGTERM, the signal Ray itself also installs a handler for)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from lorsp.tune import Interruption
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_first_signal_asks_to_stop_and_a_second_stops_at_once(sig: signal.Signals, capsys) -> None:
+    before = signal.getsignal(sig)
+    with Interruption() as interruption:
+        # Starting Ray installs its own SIGTERM handler; arm() must take the signal back.
+        signal.signal(sig, lambda *_: pytest.fail("the handler installed after Interruption() ran"))
+        interruption.arm()
+        os.kill(os.getpid(), sig)  # handled before os.kill returns (Python runs handlers in the main thread)
+        assert interruption.signal == sig and interruption.exit_code == 128 + sig
+        assert f"{sig.name}: stopping the study" in capsys.readouterr().err
+        assert interruption.stopper().stop_all()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), sig)
+        assert interruption.signal == sig  # the second signal does not change the exit code
+    assert signal.getsignal(sig) is before  # the caller's handler is back
+
+
+def test_a_signal_before_the_study_loop_stops_at_once() -> None:
+    with Interruption() as interruption, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGTERM)  # not armed: nothing to stop cleanly yet
+    assert interruption.exit_code == 128 + signal.SIGTERM
+    assert not Interruption().stopper().stop_all()
