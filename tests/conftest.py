@@ -24,25 +24,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-# ---------------------------------------------------------------- running the suite on two workers
-# The README's test command runs `pytest -n 2 --dist loadgroup` (pytest-xdist). Each file then runs
-# whole on one worker, so a module's Ray, cluster or study is built once; the two files that read
-# the session's tracked study share a worker (and the study); and the files that take longest go
-# first, so that neither worker is left with a long file at the end. Plain `pytest` runs the same
-# order in one process.
-_SHARED_GROUP = {"test_tracking.py": "tracked_study", "test_export.py": "tracked_study"}
-_LONGEST_FIRST = ["test_cluster.py", "test_tune.py", "test_stream.py", "test_benchmarks.py", "test_tracking.py",
-                  "test_export.py", "test_study_folder.py", "test_confirm.py", "test_backbones.py", "test_train.py"]
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_SHARED_GROUP.get(item.path.name, item.path.name)))
-
-
 @pytest.fixture
 def write_study(tmp_path: Path):
     """Write a study dict (merged over the quickstart file) to YAML and return its path."""
