@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,8 @@ from safetensors.torch import load_file
 from lorsp.config import StudyConfig, load_study
 from lorsp.data import ImageSplit, Splits, load_splits_for
 from lorsp.model import PromptedClassifier, build_model
-from lorsp.train import PROMPT_FILE, train_loop
-from tests.conftest import QUICKSTART, REPO
+from lorsp.train import PROMPT_FILE, main, train_loop
+from tests.conftest import QUICKSTART
 
 FAST = ["train.epochs=2", "data.max_train=160", "data.batch_size=32"]
 # Digits at their stored 8 px (no resize, so a batch is exactly stored_uint8 / 255) on a random-init
@@ -24,13 +22,14 @@ TINY = ["train.epochs=1", "data.max_train=96", "data.batch_size=32", "data.image
         "backbone.model=vit_micro_patch4_16", "backbone.pretrained=false"]
 
 
-def test_cli_writes_metrics_prompt_and_config(tmp_path: Path):
+def test_cli_writes_metrics_prompt_and_config(tmp_path: Path, capsys):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "lorsp.train", "--config", str(QUICKSTART), "--out", str(out),
-           *[a for kv in FAST for a in ("--set", kv)]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "epoch 2/2" in proc.stdout
+    # In-process: `python -m lorsp.train` is `sys.exit(main())`; a subprocess would only add seconds
+    # of imports.
+    code = main(["--config", str(QUICKSTART), "--out", str(out), *[a for kv in FAST for a in ("--set", kv)]])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    assert "epoch 2/2" in printed.out
     metrics = json.loads((out / "metrics.json").read_text())["final"]
     for key in ("val_acc", "test_acc", "prompt_density", "firing_rate", "prompt_params", "trainable_params",
                 "epochs", "images_per_s"):
@@ -67,15 +66,14 @@ def test_resume_continues_after_the_checkpoint_epoch(tmp_path: Path):
     assert resumed["val_acc"] == pytest.approx(full["val_acc"], abs=1e-6)
 
 
-def test_diverging_loss_is_a_clear_error(tmp_path: Path):
-    cmd = [sys.executable, "-m", "lorsp.train", "--config", str(QUICKSTART), "--out", str(tmp_path / "nan"),
-           "--set", "train.epochs=1", "--set", "data.max_train=160", "--set", "data.batch_size=32",
-           "--set", "prompt.method=none",
-           "--set", "train.lr=1e38", "--set", "train.optimizer=sgd"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert "loss became" in proc.stderr and "train.lr" in proc.stderr
+def test_diverging_loss_is_a_clear_error(tmp_path: Path, capsys):
+    code = main(["--config", str(QUICKSTART), "--out", str(tmp_path / "nan"),
+                 "--set", "train.epochs=1", "--set", "data.max_train=160", "--set", "data.batch_size=32",
+                 "--set", "prompt.method=none", "--set", "train.lr=1e38", "--set", "train.optimizer=sgd"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    assert err.startswith("error: ") and "loss became" in err and "train.lr" in err
 
 
 def test_trained_lorsp_prompt_is_sparse():
