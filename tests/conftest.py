@@ -88,16 +88,29 @@ def lif_spike_counts(current: torch.Tensor, T: int, thr: float, tau: float) -> t
 
 
 @pytest.fixture(scope="session")
-def tracked_study(tmp_path_factory: pytest.TempPathFactory):
-    """The small study of tests/tracked_study.py, run once per session for the tracking and export
-    tests. Ray is shut down once it has run (nothing after it needs Ray, and the next module starts
-    its own with the CPUs it asks for); its MLflow servers live until the session ends."""
+def local_ray():
+    """One embedded Ray (what `python -m lorsp.tune` starts) for every in-process study of the session.
+
+    Started by the first test that asks for it and shut down at the end: starting one per module
+    cost 6-10 s each on 2 cores. Four logical CPUs: the streaming tests run a 2-worker trial beside
+    its decode bundle; every other study caps its concurrency with `search.max_concurrent`.
+    """
     import ray
 
+    from lorsp.tune import init_ray
+
+    init_ray(None, num_cpus=4)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tracked_study(tmp_path_factory: pytest.TempPathFactory, local_ray):
+    """The small study of tests/tracked_study.py, run once per session for the tracking and export
+    tests, on the session's Ray; its MLflow servers live until the session ends."""
     from tests.tracked_study import run_tracked_study
 
     ctx = run_tracked_study(tmp_path_factory.mktemp("tracking-study"))
-    ray.shutdown()
     yield ctx
     for server in [ctx["server"], *ctx["servers"]]:
         server.kill()

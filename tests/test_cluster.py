@@ -554,6 +554,7 @@ def _postgres_counts(state: dict[str, Any]) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_study_runs_on_both_worker_nodes_and_records_in_postgres(study_on_cluster):
     out = study_on_cluster
     assert out["second_status"] == "SUCCEEDED", out["second_logs"]
@@ -583,6 +584,7 @@ def test_study_runs_on_both_worker_nodes_and_records_in_postgres(study_on_cluste
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_trial_drivers_run_on_the_head(study_on_cluster):
     """A trial's driver (Tune's function actor) and its Ray Train controller live on the head, so losing
     a worker node takes only training workers, which Ray Train restarts elsewhere."""
@@ -596,6 +598,7 @@ def test_trial_drivers_run_on_the_head(study_on_cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_lost_node_trial_resumes_from_its_checkpoint(study_on_cluster):
     out = study_on_cluster
     w1 = out["nodes_at_start"]["w1"]["node_id"]
@@ -615,6 +618,7 @@ def test_lost_node_trial_resumes_from_its_checkpoint(study_on_cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_stopped_driver_resumes_and_nothing_is_lost_or_recorded_twice(study_on_cluster):
     """`ray job stop` mid-study, then the same submit line with --resume: every trial number ends
     COMPLETE exactly once, the interrupted ones continued (from their checkpoint), nothing is left
@@ -662,6 +666,7 @@ def test_stopped_driver_resumes_and_nothing_is_lost_or_recorded_twice(study_on_c
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_the_cluster_brings_its_own_token(study_on_cluster):
     """Token auth is on, with the token `up` wrote beside the cluster's state (not in HOME, empty here)."""
     out = study_on_cluster
@@ -671,6 +676,7 @@ def test_the_cluster_brings_its_own_token(study_on_cluster):
 
 
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_down_leaves_no_process_of_the_cluster(study_on_cluster):
     out = study_on_cluster
     assert out["status_report"]["ok"], out["status_report"]

@@ -73,22 +73,18 @@ def test_results_live_in_the_optuna_storage(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished_study(tmp_path_factory):
+def finished_study(tmp_path_factory, local_ray):
     """A small finished study of its own (confirmation adds to a study's stores; the shared one
     of test_tracking must stay as its tests expect it)."""
-    import ray
-
     from lorsp.tracking import finish_study, tune_callbacks
-    from lorsp.tune import init_ray, run_study
+    from lorsp.tune import run_study
 
     root = tmp_path_factory.mktemp("confirm") / "runs"
     study = load_study(QUICKSTART, ["name=conf", f"tracking.root={root}", "train.epochs=1", "data.max_train=160",
                                     "data.batch_size=40", "search.num_samples=3", "prompt.method=lorvp"])
-    init_ray(None, num_cpus=2)
     records = run_study(study, callbacks=tune_callbacks(study)).records
     finish_study(study, records)
     yield study, records, root
-    ray.shutdown()
 
 
 @pytest.mark.slow

@@ -137,16 +137,11 @@ def test_a_single_run_does_not_start_ray_to_stream(sets: dict[str, str]) -> None
 
 # ---------------------------------------------------------------- real Ray Data pipelines
 @pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
+def ray_data(local_ray):
+    """The session's Ray (4 logical CPUs: a 2-worker trial plus its decode bundle), Ray Data quiet."""
     from lorsp.data.stream import quiet_ray_data
-    from lorsp.tune import init_ray
 
-    init_ray(None, num_cpus=4)  # logical CPUs: a 2-worker trial plus its decode bundle
     quiet_ray_data()
-    yield
-    ray.shutdown()
 
 
 def _inline(study, window: int = 64):
@@ -158,7 +153,7 @@ def _inline(study, window: int = 64):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["parquet", "imagefolder"])
-def test_streamed_training_matches_the_in_memory_run(sets: dict[str, str], kind: str, local_ray) -> None:
+def test_streamed_training_matches_the_in_memory_run(sets: dict[str, str], kind: str, ray_data) -> None:
     study = _study(sets[kind])
     memory = load_splits_for(study.data)
     streamed = _inline(study)
@@ -183,7 +178,7 @@ def test_streamed_training_matches_the_in_memory_run(sets: dict[str, str], kind:
 
 
 @pytest.mark.slow
-def test_a_streamed_run_resumes_after_its_checkpoint_epoch(sets: dict[str, str], local_ray, tmp_path: Path) -> None:
+def test_a_streamed_run_resumes_after_its_checkpoint_epoch(sets: dict[str, str], ray_data, tmp_path: Path) -> None:
     study = _study(sets["parquet"], "train.epochs=3")
     saved: dict[int, Path] = {}
 
@@ -205,7 +200,7 @@ def test_a_streamed_run_resumes_after_its_checkpoint_epoch(sets: dict[str, str],
 
 
 @pytest.mark.slow
-def test_a_bad_image_fails_the_run_in_one_line(tmp_path: Path, local_ray) -> None:
+def test_a_bad_image_fails_the_run_in_one_line(tmp_path: Path, ray_data) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -224,7 +219,7 @@ def test_a_bad_image_fails_the_run_in_one_line(tmp_path: Path, local_ray) -> Non
 
 # ---------------------------------------------------------------- through the search driver
 @pytest.mark.slow
-def test_a_study_streams_when_auto_finds_the_set_too_big(sets: dict[str, str], local_ray, tmp_path: Path) -> None:
+def test_a_study_streams_when_auto_finds_the_set_too_big(sets: dict[str, str], ray_data, tmp_path: Path) -> None:
     from lorsp.tune import run_study
 
     study = load_study(QUICKSTART, [*RUN, f"data.dataset={sets['parquet']}", "data.stream_threshold=1.0e-9",
@@ -239,7 +234,7 @@ def test_a_study_streams_when_auto_finds_the_set_too_big(sets: dict[str, str], l
 
 
 @pytest.mark.slow
-def test_two_ray_train_workers_stream_disjoint_shards(sets: dict[str, str], local_ray, tmp_path: Path) -> None:
+def test_two_ray_train_workers_stream_disjoint_shards(sets: dict[str, str], ray_data, tmp_path: Path) -> None:
     import ray.tune
 
     from lorsp.tune import run_study

@@ -35,20 +35,16 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a prox
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> dict[str, Any]:
-    import ray
-
+def study(tmp_path_factory, local_ray) -> dict[str, Any]:
     from lorsp.tracking import finish_study, tracking_uri, tune_callbacks
-    from lorsp.tune import init_ray, run_study
+    from lorsp.tune import run_study
 
     base = tmp_path_factory.mktemp("study-folder")
     root = base / "lorsp-runs"
     config = load_study(QUICKSTART, [*OVERRIDES, f"name={NAME}", f"tracking.root={root}"])
-    init_ray(None)
     records = run_study(config, callbacks=tune_callbacks(config)).records
     assert finish_study(config, records) is not None
     yield {"base": base, "root": root, "config": config, "records": records, "uri": tracking_uri(config)}
-    ray.shutdown()
 
 
 def _trial_runs(uri: str) -> dict[int, Any]:

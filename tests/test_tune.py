@@ -25,17 +25,6 @@ def _study(tmp_path: Path, name: str, extra: list[str]):
     return load_study(QUICKSTART, [*SMALL, f"tracking.root={tmp_path / 'runs'}", f"name={name}", *extra])
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from lorsp.tune import init_ray
-
-    init_ray(None, num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 def test_quickstart_study_end_to_end_pareto(tmp_path, local_ray):
     from lorsp.tune import run_study
 

@@ -95,24 +95,15 @@ class KillServerAfterFirstTrial(Callback):
 STUDY_DEADLINE_S = 900.0
 
 
-def start_local_ray() -> None:
-    """A local Ray pinned to its own address (see `lorsp.tune.init_ray`), shared by these tests."""
-    from lorsp.tune import init_ray
-
-    init_ray(None)
-
-
 def run_tracked_study(base: Path) -> dict[str, Any]:
     import ray
 
     from lorsp.tracking import finish_study, tracking_uri, tune_callbacks
-    from lorsp.tune import init_ray, run_study
+    from lorsp.tune import run_study
 
+    assert ray.is_initialized(), "run on the session's Ray (the local_ray fixture)"
     tick = time.perf_counter()
-    server = Server(base / "server").start()  # starts while Ray starts
-    start_local_ray()
-    init_ray(None)  # attaches to the cluster just started (what lorsp.tune does)
-    assert ray.is_initialized()
+    server = Server(base / "server").start()
     server.wait()
     # The "restarted" server the re-log test uses: the same backend database at another address,
     # booted now (after the first one created the schema) so that it is up by the time it is needed.
