@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lorsp.data import load_splits_for, plan_stream_for
-    from lorsp.tune import init_ray
+    from lorsp.tune import init_ray, shutdown_ray
 
     cores = os.cpu_count() or 1
     stream_cpus = args.stream_cpus or float(max(1, cores - 1))
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"decode probe: {probe:,.0f} images/s per CPU for 500x375 JPEG -> 224 px (read_rows, PIL, one CPU)")
     U.dump_json(args.json, {"stream_cpus": stream_cpus, "results": record, "decode_224_per_cpu": probe,
                             "machine": U.machine_line(torch.device("cpu"))})
-    ray.shutdown()
+    shutdown_ray()
     return 0
 
 

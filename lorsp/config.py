@@ -344,7 +344,7 @@ class ResourcesConfig(_Section):
     gpus_per_worker: float = Field(0.0, ge=0)
     driver_cpus: float = Field(0.0, ge=0)  # the light Tune driver of each ray_train trial
     launcher: Literal["auto", "inline", "ray_train"] = "auto"
-    stream_cpus: float = Field(2.0, gt=0)  # CPUs a streaming trial reserves for its Ray Data decode tasks
+    stream_cpus: float = Field(1.0, gt=0)  # decode CPUs of a streaming trial; 1 + cpus_per_worker fits 2 cores
 
     @model_validator(mode="after")
     def _inline_is_one_worker(self) -> ResourcesConfig:

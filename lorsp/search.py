@@ -10,6 +10,7 @@ until ``--resume`` asks for it again and finishes it under the same number.
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def method_knobs() -> dict[str, tuple[str, ...]]:
     return {name: cls.knobs for name, cls in PROMPTERS.items()}
 
 
-def _methods(study: StudyConfig) -> list[str]:
+def study_methods(study: StudyConfig) -> list[str]:
     knob = study.space.get("method")
     return list(knob.choices) if knob is not None else [study.prompt.method]
 
@@ -82,7 +83,7 @@ def check_space(study: StudyConfig) -> None:
 def unused_knobs(study: StudyConfig) -> list[str]:
     """Space knobs that no method of this study reads (e.g. the LIF knobs once `--set
     prompt.method=lorvp` pins the method): never sampled, and worth one line to the user."""
-    used = {name for m in _methods(study) for name in used_knobs(study, m)}
+    used = {name for m in study_methods(study) for name in used_knobs(study, m)}
     return [name for name in study.space if name != "method" and name not in used]
 
 
@@ -97,7 +98,7 @@ class ConditionalSpace:
         check_space(study)
         self.default_method = study.prompt.method
         self.distributions = {name: _distribution(knob) for name, knob in study.space.items()}
-        self.per_method = {m: used_knobs(study, m) for m in _methods(study)}
+        self.per_method = {m: used_knobs(study, m) for m in study_methods(study)}
 
     def __call__(self, trial: Any) -> None:
         method = self.default_method
@@ -127,7 +128,7 @@ def balanced_cells(study: StudyConfig) -> list[dict[str, Any]]:
     if not names:
         return []
     cells: list[dict[str, Any]] = []
-    for method in _methods(study):
+    for method in study_methods(study):
         used = {"method"} | set(used_knobs(study, method))
         partial: list[dict[str, Any]] = [{"method": method}] if "method" in names else [{}]
         for name in names:
@@ -203,16 +204,27 @@ def storage_uri(study: StudyConfig, override: str | None = None) -> str:
     return embedded_uri(study, override or study.tracking.storage, "optuna.db")
 
 
-def rdb_storage(uri: str) -> optuna.storages.RDBStorage:
-    try:
-        return optuna.storages.RDBStorage(uri, heartbeat_interval=None, engine_kwargs=_engine_kwargs(uri))
-    except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
-        reason = str(err).splitlines()[0][:200]
-        raise ConfigError(f"--storage {uri}: cannot open the Optuna storage ({reason}); check the URI and that "
-                          "the database is up") from None
+def rdb_storage(uri: str, attempts: int = 3) -> optuna.storages.RDBStorage:
+    """The Optuna storage at `uri`; a one-line ConfigError when it cannot be opened.
+
+    Two drivers started at the same moment on a new database both create Optuna's tables, and the
+    loser's schema check can fail half-way: it tries again (the tables exist by then) before it
+    reports the storage as unusable.
+    """
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(uri, heartbeat_interval=None, engine_kwargs=engine_kwargs(uri))
+        except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
+            if attempt + 1 < attempts:
+                time.sleep(1.0 + attempt)
+                continue
+            reason = str(err).splitlines()[0][:200]
+            raise ConfigError(f"--storage {uri}: cannot open the Optuna storage ({reason}); check the URI and that "
+                              "the database is up") from None
+    raise AssertionError("unreachable")
 
 
-def _engine_kwargs(uri: str) -> dict[str, Any]:
+def engine_kwargs(uri: str) -> dict[str, Any]:
     if uri.startswith("sqlite"):
         # Trials finish concurrently; wait for the lock instead of failing with "database is locked".
         return {"connect_args": {"timeout": 60}}
@@ -242,22 +254,17 @@ def mark_interrupted(storage: optuna.storages.BaseStorage, trial: optuna.trial.F
     storage.set_trial_state_values(trial_id, TrialState.WAITING)
 
 
-def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resume: bool) -> tuple[int, int, int]:
-    """Create or reopen the stored study; return (trials finished, trials waiting to resume, trials to run).
+def check_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resume: bool) -> optuna.Study | None:
+    """Refuse what cannot go on, writing nothing: the stored study (None for a new one) otherwise.
 
-    Trials still RUNNING belong to a driver that died without cleaning up (SIGKILL, a lost head
-    node): they are interrupted too. Trials to run = `num_samples` minus the finished ones, and at
-    least every waiting one, so an interrupted trial is always finished.
+    Run before the data, Ray and the cluster's resources are checked, and before anything is
+    created, so that a refused study leaves no stub behind (see :func:`prepare_study`).
     """
     found = existing_study(storage, study.name)
     if found is None:
         if resume:
             raise ConfigError(f"--resume: no study named '{study.name}' in the storage; drop --resume to start it")
-        directions = ["maximize" if o.mode == "max" else "minimize" for o in study.objectives]
-        created = optuna.create_study(study_name=study.name, storage=storage, directions=directions)
-        # The study file travels with the study, so `lorsp.pareto` / `lorsp.export` need only its name.
-        created.set_user_attr(STUDY_CONFIG_ATTR, study.model_dump_json())
-        return 0, 0, study.search.num_samples
+        return None
     if not resume:
         raise ConfigError(
             f"study '{study.name}' already exists in the storage ({len(found.trials)} trials): "
@@ -267,12 +274,41 @@ def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resu
     wanted = [o.mode for o in study.objectives]
     if directions != wanted:
         raise ConfigError(f"--resume: stored study '{study.name}' has directions {directions}, the file asks {wanted}")
-    for t in found.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        mark_interrupted(storage, t)
+    return found
+
+
+def study_counts(study: StudyConfig, found: optuna.Study | None) -> tuple[int, int, int]:
+    """(trials finished, trials to resume, trials to run) of a stored study, RUNNING ones counted as
+    interrupted (:func:`prepare_study` puts them back in the queue)."""
+    if found is None:
+        return 0, 0, study.search.num_samples
     trials = found.get_trials(deepcopy=False)
     finished = sum(1 for t in trials if t.state.is_finished())
-    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    waiting = sum(1 for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING))
     return finished, waiting, max(study.search.num_samples - finished, waiting)
+
+
+def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resume: bool) -> tuple[int, int, int]:
+    """Create or reopen the stored study; return (trials finished, trials waiting to resume, trials to run).
+
+    Trials still RUNNING belong to a driver that died without cleaning up (SIGKILL, a lost head
+    node): the caller holds the study's lease (:mod:`lorsp.lease`), so no live driver owns them, and
+    they are interrupted too. Trials to run = `num_samples` minus the finished ones, and at least
+    every waiting one, so an interrupted trial is always finished.
+    """
+    found = check_study(study, storage, resume)
+    if found is None:
+        directions = ["maximize" if o.mode == "max" else "minimize" for o in study.objectives]
+        created = optuna.create_study(study_name=study.name, storage=storage, directions=directions)
+        # The study file travels with the study, so `lorsp.pareto` / `lorsp.export` need only its name.
+        created.set_user_attr(STUDY_CONFIG_ATTR, study.model_dump_json())
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its plots and dashboard read
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            created.set_metric_names([o.metric for o in study.objectives])
+        return study_counts(study, None)
+    for t in found.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        mark_interrupted(storage, t)
+    return study_counts(study, found)
 
 
 def study_history(storage: optuna.storages.BaseStorage, name: str) -> int:

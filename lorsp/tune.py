@@ -31,11 +31,7 @@ from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.errors import DataError
 from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY
 from lorsp.pareto import TrialRecord
-from lorsp.ports import free_port
 
-HEAD_NODE_RESOURCE = "node:__internal_head__"
-"""Only the head node has it: trial drivers (and so their Ray Train controllers) stay there, and a
-lost worker node costs only the training workers, which resume from their checkpoint."""
 TRIAL_RETRIES = 2
 """Retries of a trial whose process or node was lost (never of a failure of the training itself)."""
 
@@ -272,15 +268,12 @@ def _trial_resources(study: StudyConfig, streaming: bool) -> Any:
     """
     from ray import tune
 
-    res = study.resources
-    if res.uses_ray_train:
-        # The trial driver only waits on its trainer: it asks for memory, not a CPU that a worker could use.
-        head = {"CPU": res.driver_cpus, "memory": 256 * 1024**2, HEAD_NODE_RESOURCE: 0.001}
-    else:
-        head = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
+    from lorsp.capacity import tune_bundles
+
+    bundles = tune_bundles(study.resources, streaming)
     if not streaming:
-        return {k.lower() if k in ("CPU", "GPU") else k: v for k, v in head.items()}
-    return tune.PlacementGroupFactory([head, {"CPU": res.stream_cpus}])
+        return {k.lower() if k in ("CPU", "GPU") else k: v for k, v in bundles[0].items()}
+    return tune.PlacementGroupFactory(bundles)
 
 
 def trainable(study: StudyConfig, splits_ref: Any, storage_path: str, jobs: bool = False,
@@ -306,16 +299,15 @@ def trainable(study: StudyConfig, splits_ref: Any, storage_path: str, jobs: bool
     return tune.with_resources(trainable, _trial_resources(study, streaming))
 
 
-def share_data(study: StudyConfig, log: Callable[[str], None] = print) -> tuple[Any, bool]:
-    """Prepare the study's data once on the driver and put it in the object store for every trial.
+def load_data(study: StudyConfig, log: Callable[[str], None] = print) -> tuple[Any, bool]:
+    """The study's data, prepared once on the driver; no Ray needed, so a data error stops a study
+    before Ray starts or anything is written.
 
     In memory (:func:`lorsp.data.load_splits_for`: decoded once, shared by all trials), or, as
     `data.stream` decides (:func:`lorsp.data.mode.choose_mode`, which says why in one line), a
     :class:`~lorsp.data.StreamPlan` (rows and splits, nothing decoded) from which each trial streams.
-    Returns the reference and whether it is a plan.
+    Returns the data and whether it is a plan.
     """
-    import ray
-
     from lorsp.data import load_splits_for
     from lorsp.data.mode import choose_mode
 
@@ -327,11 +319,19 @@ def share_data(study: StudyConfig, log: Callable[[str], None] = print) -> tuple[
         plan = mode.plan
         log(f"data: {plan.summary()}; listed in {time.perf_counter() - tick:.1f}s, decoded by each trial "
             f"on {study.resources.stream_cpus:g} CPUs of its own (resources.stream_cpus)")
-        return ray.put(plan), True
+        return plan, True
     splits = load_splits_for(study.data)
     log(f"data: {splits.source} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}) "
         f"loaded in {time.perf_counter() - tick:.1f}s")
-    return ray.put(splits), False
+    return splits, False
+
+
+def share_data(study: StudyConfig, log: Callable[[str], None] = print) -> tuple[Any, bool]:
+    """:func:`load_data`, put in the object store once for every trial: (the reference, whether it is a plan)."""
+    import ray
+
+    data, streaming = load_data(study, log)
+    return ray.put(data), streaming
 
 
 # ---------------------------------------------------------------- the driver
@@ -353,14 +353,22 @@ def _scheduler(study: StudyConfig) -> Any:
                          grace_period=min(s.grace_period, study.train.epochs), reduction_factor=s.reduction_factor)
 
 
+_EMBEDDED: list[Any] = []
+"""The embedded head this process started (:mod:`lorsp.embedded_ray`), ended by :func:`shutdown_ray`."""
+
+
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Attach to a cluster (`--address`, or RAY_ADDRESS as set by `ray job submit`) or start a local one.
 
-    A local Ray gets a pinned GCS port and hands its own address to every worker: Ray Train's
-    placement-group cleaner queries the state API without an address, which fails ("multiple active
-    Ray instances") when another local Ray runs on the machine, and then finished trials' placement
-    groups leak until the next trial waits forever.
+    A local Ray is an embedded head in a session of its own (:mod:`lorsp.embedded_ray`), so that a
+    signal to the driver's process group stops the study cleanly instead of killing the head under
+    it; :func:`shutdown_ray` ends it. Its address goes to every worker: Ray Train's placement-group
+    cleaner queries the state API without an address, which fails ("multiple active Ray instances")
+    when another local Ray runs on the machine, and then finished trials' placement groups leak until
+    the next trial waits forever.
     """
+    import atexit
+
     import ray
 
     if ray.is_initialized():
@@ -368,25 +376,27 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     env_vars = {"RAY_TRAIN_V2_ENABLED": "1"}
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     local = address is None and not os.environ.get("RAY_ADDRESS")
-    pinned = os.environ.get("RAY_GCS_SERVER_PORT")
     if local:
+        from lorsp import embedded_ray
+
         print("starting an embedded local Ray (pass --address to use a cluster)", flush=True)
         # A local Ray makes its own auth token; its notice about token authentication is not news here.
         logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
-        port = free_port()
-        env_vars["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-    try:
-        # "local", not None: Ray would otherwise attach to any `ray start` cluster it finds running
-        # on this machine (another user's, another test's) instead of starting the embedded one.
-        ray.init(address="local" if local else address, num_cpus=num_cpus if local else None, logging_level="WARNING",
-                 log_to_driver=True, runtime_env={"env_vars": env_vars})
-    finally:
-        if local:
-            if pinned is None:
-                os.environ.pop("RAY_GCS_SERVER_PORT", None)
-            else:
-                os.environ["RAY_GCS_SERVER_PORT"] = pinned
+        head = embedded_ray.start(num_cpus)
+        _EMBEDDED.append(head)
+        atexit.register(shutdown_ray)
+        address = env_vars["RAY_ADDRESS"] = head.address
+        embedded_ray.attach_with_token_auth()
+    ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env={"env_vars": env_vars})
+
+
+def shutdown_ray() -> None:
+    """Disconnect from Ray and end the embedded head, if this process started one."""
+    import ray
+
+    ray.shutdown()
+    while _EMBEDDED:
+        _EMBEDDED.pop().stop()
 
 
 def quiet_tune_console() -> None:
@@ -397,8 +407,12 @@ def quiet_tune_console() -> None:
     os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What stops jobs: Ctrl-C, `kill`/`timeout`/`ray job stop`/a scheduler's preemption, a closing terminal."""
+
+
 class Interruption:
-    """Ctrl-C and SIGTERM as a clean stop of the study rather than a dead driver.
+    """Ctrl-C, SIGTERM and SIGHUP as a clean stop of the study rather than a dead driver.
 
     While armed (the Tune loop runs) the first signal only asks Tune to stop: :meth:`stopper` tells
     it to end every trial, and the driver then puts the unfinished trials back in the Optuna queue.
@@ -414,7 +428,7 @@ class Interruption:
 
     def __enter__(self) -> Interruption:
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -422,7 +436,7 @@ class Interruption:
         """Catch the signals from here on (again: starting Ray installs its own SIGTERM handler,
         which aborts the driver) and let the first one stop the Tune loop cleanly."""
         if self._previous:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 signal.signal(sig, self._handle)
         self.armed = True
 
@@ -459,12 +473,15 @@ class Interruption:
 
 
 class StudyRun:
-    """What :func:`run_study` returns: every trial of the study, and whether this run was cut short."""
+    """What :func:`run_study` returns: every trial of the study, whether this run was cut short, and
+    the Tune callbacks it ran with (the MLflow callback says whether it had to warn)."""
 
-    def __init__(self, records: list[TrialRecord], interrupted: int = 0, stopped: bool = False) -> None:
+    def __init__(self, records: list[TrialRecord], interrupted: int = 0, stopped: bool = False,
+                 callbacks: list[Any] | None = None) -> None:
         self.records = records
         self.interrupted = interrupted
         self.stopped = stopped
+        self.callbacks = callbacks or []
 
 
 def run_study(
@@ -473,31 +490,57 @@ def run_study(
     storage: str | None = None,
     resume: bool = False,
     address: str | None = None,
-    callbacks: list[Any] | None = None,
+    callbacks: list[Any] | Callable[[], list[Any]] | None = None,
     interruption: Interruption | None = None,
     log: Callable[[str], None] = print,
 ) -> StudyRun:
     """Run (or continue) the search; every trial of the study, Pareto-ranked, and how this run ended.
 
+    The driver first takes the study's lease (:mod:`lorsp.lease`): a second driver on the same study
+    is refused. Everything that can refuse the study (the space, the stored study, the data, the
+    cluster's resources) is checked before anything is written, so a refused study leaves no stub;
+    `callbacks` may be a function, called only then (the MLflow callback creates the parent run).
+
     Whatever stops the driver (a signal, an exception), no trial stays RUNNING: the Optuna trials
     it had started go back to WAITING with their last checkpoint, and the MLflow callbacks close
     their runs, so ``--resume`` can finish them.
     """
-    from ray import tune
-
-    from lorsp.progress import ProgressCallback
-    from lorsp.search import prepare_study, rdb_storage, storage_uri, study_history, trial_records
+    from lorsp.lease import StudyLease
+    from lorsp.search import ConditionalSpace, engine_kwargs, rdb_storage, storage_uri
 
     uri = storage_uri(study, storage)
     optuna_storage = rdb_storage(uri)
-    history = study_history(optuna_storage, study.name)
-    finished, waiting, todo = prepare_study(study, optuna_storage, resume)
-    searcher = _searcher(study, optuna_storage, history)  # builds the space: a bad space fails here, before Ray starts
-    from lorsp.search import unused_knobs
+    ConditionalSpace(study)  # a bad space fails here, before anything else
+    with StudyLease(uri, study.name, engine_kwargs(uri)) as lease:
+        if lease.took_over is not None:
+            log(f"study '{study.name}': taking over from {lease.took_over.describe(time.time())}, which is gone")
+        return _run_leased(study, optuna_storage, uri, resume=resume, address=address, callbacks=callbacks,
+                           interruption=interruption or Interruption(), log=log)
 
+
+def _run_leased(study: StudyConfig, optuna_storage: Any, uri: str, *, resume: bool, address: str | None,
+                callbacks: list[Any] | Callable[[], list[Any]] | None, interruption: Interruption,
+                log: Callable[[str], None]) -> StudyRun:
+    import ray
+    from ray import tune
+
+    from lorsp.capacity import autoscaler_node_types, check_fits, live_nodes
+    from lorsp.progress import ProgressCallback
+    from lorsp.search import (
+        check_study,
+        default_root,
+        prepare_study,
+        study_counts,
+        study_history,
+        study_methods,
+        trial_records,
+        unused_knobs,
+    )
+
+    finished, waiting, todo = study_counts(study, check_study(study, optuna_storage, resume))
     if unused_knobs(study):
         log(f"space: {', '.join(unused_knobs(study))} not searched: no method of this study "
-            f"({', '.join(searcher.methods)}) reads them")
+            f"({', '.join(study_methods(study))}) reads them")
     if resume:
         log(f"resuming study '{study.name}': {finished} trials finished, {waiting} interrupted to resume, "
             f"{todo - waiting} new to run")
@@ -505,11 +548,18 @@ def run_study(
         log(f"study '{study.name}' already has {finished} of {study.search.num_samples} trials")
         return StudyRun(trial_records(study, optuna_storage))
 
+    data, streaming = load_data(study, log)
     init_ray(address)
-    splits_ref, streaming = share_data(study, log)
+    check_fits(study.resources, streaming, live_nodes(), autoscaler_node_types())
+    splits_ref = ray.put(data)
+    del data
 
-    from lorsp.search import default_root
-
+    # Nothing was written before this point: from here on the study exists (MLflow's parent run first:
+    # a tracking store that refuses then costs no Optuna study).
+    extra = callbacks() if callable(callbacks) else list(callbacks or [])
+    history = study_history(optuna_storage, study.name)
+    prepare_study(study, optuna_storage, resume)
+    searcher = _searcher(study, optuna_storage, history)
     storage_path = str(default_root(study) / "ray")
     # Tune snapshots the experiment every `num_to_keep` checkpoints and warns when that happens
     # within 5 s; a quickstart epoch takes a second, and the snapshot is a small local copy.
@@ -517,10 +567,9 @@ def run_study(
     # A failed trial reports only its error, without the scheduler's metric: that is not a bug.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     quiet_tune_console()
-    interruption = interruption or Interruption()
     progress = ProgressCallback(study, total=todo)
     inline = not study.resources.uses_ray_train
-    callbacks = [searcher.checkpoint_callback(), progress, *(callbacks or [])]
+    callbacks = [searcher.checkpoint_callback(), progress, *extra]
     tuner = tune.Tuner(
         trainable(study, splits_ref, storage_path, streaming=streaming),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(study), num_samples=todo,
@@ -546,7 +595,7 @@ def run_study(
         interruption.armed = False
     interrupted = _stop_unfinished(searcher, callbacks, "interrupted" if interruption.signal else "the study ended")
     return StudyRun(trial_records(study, optuna_storage), interrupted=interrupted,
-                    stopped=interruption.signal is not None)
+                    stopped=interruption.signal is not None, callbacks=extra)
 
 
 def _stop_unfinished(searcher: Any, callbacks: list[Any], reason: str) -> int:
@@ -596,17 +645,21 @@ def main(argv: list[str] | None = None) -> int:
     with Interruption() as interruption:
         try:
             study = load_study(args.space, overrides)
-            from lorsp.tracking import finish_study, tune_callbacks
+            from lorsp.tracking import finish_study, is_server, probe_server, tracking_uri, tune_callbacks
 
-            callbacks = tune_callbacks(study)
+            if is_server(tracking_uri(study)):
+                probe_server(tracking_uri(study))  # a dead server is one line in seconds, before Ray starts
+
             run = run_study(study, storage=args.storage, resume=args.resume, address=args.address,
-                            callbacks=callbacks, interruption=interruption)
+                            callbacks=lambda: tune_callbacks(study), interruption=interruption)
         except (ConfigError, DataError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print(f"interrupted: no trial was lost; continue with: {resume_command(raw_argv)}", file=sys.stderr)
             return interruption.exit_code
+        finally:
+            shutdown_ray()  # ends the embedded head, if this driver started one
     from lorsp.progress import print_pareto_table
 
     if run.stopped:
@@ -614,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {run.interrupted} running trial(s) keep their last checkpoint; continue with: "
               f"{resume_command(raw_argv)}", file=sys.stderr)
         return interruption.exit_code
-    finish_study(study, run.records, warned=any(getattr(c, "failure", None) for c in callbacks))
+    finish_study(study, run.records, warned=any(getattr(c, "failure", None) for c in run.callbacks))
     print_pareto_table(study, run.records)
     if run.records and all(r.state == "FAIL" for r in run.records):
         print("error: every trial failed; see the trial errors above", file=sys.stderr)

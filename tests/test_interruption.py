@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM reach lorsp.tune's one handler: the first asks the study to stop, a second stops
+"""Ctrl-C, SIGTERM and SIGHUP reach lorsp.tune's one handler: the first asks the study to stop, a second stops
 at once. Real signals sent to this process; the end-to-end stop and --resume of a study driver is in
 tests/test_tune.py (with SIGTERM, the signal Ray itself also installs a handler for)."""
 
@@ -12,7 +12,7 @@ import pytest
 from lorsp.tune import Interruption
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_first_signal_asks_to_stop_and_a_second_stops_at_once(sig: signal.Signals, capsys) -> None:
     before = signal.getsignal(sig)
     with Interruption() as interruption:
