@@ -259,7 +259,7 @@ def _interrupt(tmp_path: Path, sig: signal.Signals, *, trials: int,
             os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise AssertionError(f"the study never reached the point to interrupt: {out[-2000:]} {err[-3000:]}")
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)  # to the whole group, as timeout, a terminal or a scheduler sends it
     try:
         out, err = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
@@ -284,7 +284,8 @@ def _interrupt(tmp_path: Path, sig: signal.Signals, *, trials: int,
 
 
 def test_interrupted_study_resumes_every_trial_once(tmp_path):
-    """SIGTERM (what `ray job stop` and schedulers send; exit 143) after one finished trial, then
+    """SIGTERM to the driver's process group (what GNU timeout and schedulers send; exit 143) after one
+    finished trial, then
     --resume: the finished trial is not run again, the interrupted one continues from its checkpoint,
     and the one never started runs with a configuration of its own. Ctrl-C (SIGINT) goes through the
     same handler; tests/test_interruption.py holds both signals to it in-process, in milliseconds."""
