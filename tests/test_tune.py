@@ -285,8 +285,7 @@ def _interrupt(tmp_path: Path, sig: signal.Signals, *, trials: int,
 
 def test_interrupted_study_resumes_every_trial_once(tmp_path):
     """SIGTERM to the driver's process group (what GNU timeout and schedulers send; exit 143) after one
-    finished trial, then
-    --resume: the finished trial is not run again, the interrupted one continues from its checkpoint,
+    finished trial, then --resume: the finished trial is not run again, the interrupted one continues from its checkpoint,
     and the one never started runs with a configuration of its own. Ctrl-C (SIGINT) goes through the
     same handler; tests/test_interruption.py holds both signals to it in-process, in milliseconds."""
     args, _, root, checkpoints = _interrupt(tmp_path, signal.SIGTERM, trials=3, finished=1)
