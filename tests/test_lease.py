@@ -102,3 +102,40 @@ def test_the_holder_renews_its_heartbeat(uri, monkeypatch):
         while time.time() < deadline and _rows(uri)[0].heartbeat == before.heartbeat:
             time.sleep(0.05)
         assert _rows(uri)[0].heartbeat > before.heartbeat
+
+
+def _contend(uri: str, out, stop) -> None:
+    """One driver starting on a new database: open the Optuna storage, take the lease, hold it until told."""
+    from lorsp.search import engine_kwargs, rdb_storage
+
+    try:
+        rdb_storage(uri)
+        lease = StudyLease(uri, "s", engine_kwargs(uri)).acquire()
+    except ConfigError as err:
+        out.put(f"refused: {err}")
+        return
+    except Exception as err:  # what the test must never see: a race surfacing as a raw database error
+        out.put(f"crashed: {type(err).__name__}: {err}")
+        return
+    out.put("won")
+    stop.wait(60)
+    lease.release()
+
+
+@pytest.mark.slow
+def test_drivers_started_at_the_same_moment_on_a_new_database_one_runs_the_others_are_refused(uri):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    out, stop = context.Queue(), context.Event()
+    procs = [context.Process(target=_contend, args=(uri, out, stop)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = sorted(out.get(timeout=120) for _ in procs)
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(timeout=30)
+    assert outcomes[-1] == "won" and all(o.startswith("refused: study 's' is being run by") for o in outcomes[:-1]), \
+        outcomes
