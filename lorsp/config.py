@@ -280,7 +280,11 @@ class Objective(_Section):
 
 
 class SchedulerConfig(_Section):
-    type: Literal["asha", "none"] = "asha"
+    """Early stopping. `asha`: Ray Tune's ASHA on one `metric`. `pareto_asha`: the same rungs, ranked on
+    every objective of the study (:mod:`lorsp.schedulers`; `metric` and `mode` are not used), so the
+    sparse end of a front is not stopped for its accuracy alone."""
+
+    type: Literal["asha", "pareto_asha", "none"] = "asha"
     metric: str = "val_acc"
     mode: Literal["max", "min"] | None = None
 
@@ -303,7 +307,7 @@ class SchedulerConfig(_Section):
         ``max_t = epochs``): ``grace·rf^k`` for ``k < ⌊log(max_t/grace)/log(rf)⌋ + 1``, each decided
         at the first whole epoch that reaches it.
         """
-        if self.type != "asha":
+        if self.type not in ("asha", "pareto_asha"):
             return ()
         grace = min(self.grace_period, epochs)
         rungs = int(math.log(epochs / grace) / math.log(self.reduction_factor) + 1)

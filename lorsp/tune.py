@@ -346,6 +346,10 @@ def _scheduler(study: StudyConfig) -> Any:
     s = study.search.scheduler
     if s is None or s.type == "none":
         return None
+    if s.type == "pareto_asha":
+        from lorsp.schedulers import ParetoASHA
+
+        return ParetoASHA.for_study(study)
     from ray.tune.schedulers import ASHAScheduler
 
     # `epoch`, not `training_iteration`: after a retry the iteration count restarts, the epoch does not.

@@ -170,3 +170,18 @@ def test_resume_counts_finished_and_queues_running_trials(tmp_path):
     assert prepare_study(study, storage, resume=True) == (2, 1, 2)
     assert [t.state.name for t in ot.trials] == ["COMPLETE", "PRUNED", "WAITING"]
     assert not ot.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
+def test_a_new_study_carries_its_objective_names_and_a_refused_one_writes_nothing(tmp_path):
+    """Optuna's plots and optuna-dashboard label the objectives by the names the study carries; and
+    check_study refuses (no study, --resume) before prepare_study would create anything."""
+    from lorsp.search import check_study, prepare_study, rdb_storage
+
+    study = load_study(QUICKSTART, [f"tracking.root={tmp_path}", "name=named"])
+    storage = rdb_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    with pytest.raises(ConfigError, match="--resume: no study named 'named'"):
+        check_study(study, storage, resume=True)
+    assert optuna.get_all_study_names(storage) == []
+    prepare_study(study, storage, resume=False)
+    loaded = optuna.load_study(study_name="named", storage=storage)
+    assert loaded.metric_names == [o.metric for o in study.objectives]

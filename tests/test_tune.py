@@ -125,6 +125,34 @@ def test_asha_stopped_trials_are_pruned_and_never_enter_the_front(tmp_path, loca
     assert any(r.pareto for r in records if r.state == "COMPLETE")
 
 
+def test_pareto_asha_stops_are_pruned_killed_at_their_rung_and_never_enter_the_front(tmp_path, local_ray):
+    """The Pareto-aware scheduler's stops end as ASHA's do. Its objectives here are both parameter
+    counts (set by the sampled rank, not by training), so which trial a rung stops is deterministic."""
+    import mlflow
+
+    from lorsp.tracking import tune_callbacks
+    from lorsp.tune import run_study
+
+    study = _study(tmp_path, "pasha", [
+        "search.num_samples=4", "search.max_concurrent=1", "search.sampler=random", "search.seed=3",
+        "train.epochs=3", "prompt.method=lorsp",
+        "objectives=[{metric: trainable_params, mode: min}, {metric: prompt_params, mode: min}]",
+        "search.scheduler={type: pareto_asha, grace_period: 1, reduction_factor: 2}",
+    ])
+    records = run_study(study, callbacks=tune_callbacks(study)).records
+    stopped = [r for r in records if r.state == "PRUNED"]
+    assert stopped, f"expected a stop: {[(r.params, r.state, r.epochs_done) for r in records]}"
+    stored = optuna.load_study(study_name="pasha", storage=storage_uri(study))
+    assert {t.number for t in stored.best_trials} == {r.number for r in records if r.pareto}
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = {int(r.data.tags["optuna_trial"]): r for r in client.search_runs(
+        [client.get_experiment_by_name("pasha").experiment_id], "tags.`lorsp.role` = 'trial'")}
+    for r in stopped:
+        assert stored.trials[r.number].values is None and not r.pareto and r.epochs_done in (1, 2)
+        assert runs[r.number].info.status == "KILLED"
+        assert runs[r.number].data.tags["end_reason"] == f"stopped early by the scheduler after epoch {r.epochs_done}"
+
+
 def test_resumed_study_proposes_new_configurations(tmp_path, local_ray):
     from lorsp.tune import run_study
 
@@ -285,9 +313,10 @@ def _interrupt(tmp_path: Path, sig: signal.Signals, *, trials: int,
 
 def test_interrupted_study_resumes_every_trial_once(tmp_path):
     """SIGTERM to the driver's process group (what GNU timeout and schedulers send; exit 143) after one
-    finished trial, then --resume: the finished trial is not run again, the interrupted one continues from its checkpoint,
-    and the one never started runs with a configuration of its own. Ctrl-C (SIGINT) goes through the
-    same handler; tests/test_interruption.py holds both signals to it in-process, in milliseconds."""
+    finished trial, then --resume: the finished trial is not run again, the interrupted one continues
+    from its checkpoint, and the one never started runs with a configuration of its own. Ctrl-C
+    (SIGINT) and SIGHUP go through the same handler; tests/test_interruption.py holds each signal to
+    it in-process, in milliseconds, and tests/test_driver.py SIGHUP to the group."""
     args, _, root, checkpoints = _interrupt(tmp_path, signal.SIGTERM, trials=3, finished=1)
     url = f"sqlite:///{root / 'optuna.db'}"
     before = {t.number: t.values for t in optuna.load_study(study_name="resumable", storage=url).trials
