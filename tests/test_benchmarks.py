@@ -47,3 +47,11 @@ def test_stream_benchmark_runs_on_a_tiny_set(tmp_path):
     out = _run(str(BENCH / "stream.py"), "--sizes", "300", "--image-size", "16", "--probe-images", "8",
                "--root", str(tmp_path))
     assert "in memory" in out and "streamed" in out, out
+
+
+@pytest.mark.slow
+def test_search_benchmark_runs_its_quick_round(tmp_path):
+    out = _run(str(BENCH / "search.py"), "--quick", "--plot", str(tmp_path / "search.png"), timeout=600)
+    for arm in ("random", "tpe+pareto_asha"):
+        assert any(line.startswith(f"| {arm} ") for line in out.splitlines()), out
+    assert (tmp_path / "search.png").stat().st_size > 0
