@@ -3,7 +3,9 @@
 `--by method` adds one front per method on the same axes, the fair comparison of methods that a
 study with a `method` knob (e.g. search_spaces/compare.yaml) is for. `--gallery` puts the front's
 prompt galleries (lorsp.gallery: the same validation images in every trial) side by side in one
-picture. When `lorsp.confirm` has re-trained the front with fresh seeds, the table shows the
+picture. `--importance` says which knobs matter for each objective, per method (:mod:`lorsp.importance`),
+and logs the table and its plot to the study's parent MLflow run. When `lorsp.confirm` has re-trained
+the front with fresh seeds, the table shows the
 means, intervals and `confirmed`.
 """
 
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery", action="store_true",
                         help=f"put the front's prompt galleries side by side in OUT/front_gallery.png "
                              f"(the best {GALLERY_MAX} by the first objective)")
+    parser.add_argument("--importance", action="store_true",
+                        help="which knobs matter for each objective, per method (fANOVA); also written to "
+                             "OUT/importance.csv and .png and logged to the study's parent MLflow run")
     args = parser.parse_args(argv)
 
     from lorsp.confirm import confirmed_columns
@@ -72,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 confirmations=confirmed_columns(study, existing_study(storage, study.name), records))
     if by:
         print_fronts_by(records, objectives, by)
+    if args.importance:
+        written += knob_importance(study, existing_study(storage, study.name), out)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -106,6 +113,26 @@ def front_gallery(study: Any, front: list[Any], objectives: list[tuple[str, str]
         if not found:
             return None
         return side_by_side(found, png, title=f"{study.name}: Pareto front (validation), best {metric} first")
+
+
+def knob_importance(study: Any, stored: Any, out: Path) -> list[Path]:
+    """Print which knobs matter, write the table and plot under `out`, log both to the parent run."""
+    from lorsp import importance
+    from lorsp.export import open_tracking
+
+    rows = importance.knob_importances(stored, [o.metric for o in study.objectives])
+    if not rows:
+        print(f"--importance: no method has {importance.MIN_TRIALS} or more full-budget trials yet")
+        return []
+    importance.print_table(rows)
+    files = [importance.write_csv(rows, out / "importance.csv"),
+             importance.plot(rows, out / "importance.png", f"{study.name}: which knobs matter")]
+    store, _, parent = open_tracking(study, None, required=False)
+    if store is not None and parent is not None:
+        for file in files:
+            store.client.log_artifact(parent, str(file), artifact_path="importance")
+        print(f"--importance: logged to the parent run {parent} (artifacts importance/)")
+    return files
 
 
 if __name__ == "__main__":
