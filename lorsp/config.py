@@ -419,6 +419,18 @@ class StudyConfig(_Section):
         """The single-run configuration: fixed settings plus every space knob's default."""
         return self.with_params({k: p.value() for k, p in self.space.items()})
 
+    def redacted(self) -> StudyConfig:
+        """The study as lorsp records it (MLflow, Optuna, checkpoints, exports) and as trials receive
+        it: `tracking.uri` and `tracking.storage` without their passwords (:func:`lorsp.uris.redact`).
+        `self` when there is nothing to hide."""
+        from lorsp.uris import redact
+
+        t = self.tracking
+        uri, storage = redact(t.uri), redact(t.storage)
+        if uri == t.uri and storage == t.storage:
+            return self
+        return self.model_copy(update={"tracking": t.model_copy(update={"uri": uri, "storage": storage})})
+
 
 # Sections a space knob may target, in lookup order for short names.
 _KNOB_SECTIONS = ("prompt", "train", "data")

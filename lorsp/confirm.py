@@ -298,11 +298,12 @@ def record_in_mlflow(study: StudyConfig, confirmations: list[Confirmation], file
                      uri: str | None = None) -> None:
     """Under the study's parent run: `confirm-trial-<n>` runs with nested seed runs, and `confirm/` files."""
     from lorsp.tracking import PARENT_ID, ROLE, STUDY, connect
+    from lorsp.uris import redact
 
     store = connect(study, uri)
     parent = store.find_parent()
     if parent is None:
-        raise ConfigError(f"study '{study.name}' has no parent run in {store.uri}; re-log it with "
+        raise ConfigError(f"study '{study.name}' has no parent run in {redact(store.uri)}; re-log it with "
                           f"python -m lorsp.tracking relog --name {study.name}")
     parent_id = parent.info.run_id
     existing = {r.data.tags.get("lorsp.confirm_trial"): r for r in

@@ -41,6 +41,7 @@ import yaml
 from lorsp.config import ConfigError, StudyConfig, stored_study
 from lorsp.gallery import GALLERY_FILE
 from lorsp.metrics import METRICS, selection_error
+from lorsp.uris import redact, scrub
 
 FORMAT = "lorsp-export/1"
 META_FILE = "lorsp.json"
@@ -196,6 +197,7 @@ def export_trial(study: StudyConfig, record: Any, out: Path, *, run: Any | None 
             shutil.copyfile(gallery, folder / GALLERY_FILE)
     has_gallery = (folder / GALLERY_FILE).is_file()
     config = stored_study(yaml.safe_load(config_text)) if config_text else study.with_params(record.params)
+    config = config.redacted()  # an export is made to be shared: where the study lived, never its password
     state = load_file(str(folder / PROMPT_FILE))
     if "head.weight" not in state:
         raise ConfigError(f"trial {record.number}: {PROMPT_FILE} has no head.weight; not a lorsp checkpoint")
@@ -215,7 +217,7 @@ def export_trial(study: StudyConfig, record: Any, out: Path, *, run: Any | None 
         "trial": record.number,
         "tune_trial_id": record.tune_trial_id,
         "mlflow_run_id": run.info.run_id if run is not None else None,
-        "tracking_uri": store.uri if store is not None and run is not None else None,
+        "tracking_uri": redact(store.uri) if store is not None and run is not None else None,
         "weights_from": source,
         "method": config.prompt.method,
         "backbone": {
@@ -489,7 +491,8 @@ def _trial_of_run(store: Any, study: StudyConfig, run_id: str) -> int:
         run = store.client.get_run(run_id)
     except Exception as err:
         reason = str(err).splitlines()[0][:120]
-        raise ConfigError(f"--run-id {run_id}: no such MLflow run in {store.uri} ({reason})") from None
+        raise ConfigError(f"--run-id {run_id}: no such MLflow run in {redact(store.uri)} "
+                          f"({scrub(reason, store.uri)})") from None
     number = run.data.tags.get(OPTUNA_TRIAL, "")
     if run.data.tags.get(STUDY) != study.name or not number.isdigit():
         raise ConfigError(f"--run-id {run_id}: not a trial run of study '{study.name}' "

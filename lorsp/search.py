@@ -204,6 +204,25 @@ def storage_uri(study: StudyConfig, override: str | None = None) -> str:
     return embedded_uri(study, override or study.tracking.storage, "optuna.db")
 
 
+class StudyStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose pickles carry its URI without the password.
+
+    Ray Tune pickles the searcher, and with it this storage, into the experiment folder
+    (`tuner.pkl`, `searcher-state-*.pkl`); a copy made in this process connects as before
+    (:func:`lorsp.uris.remember`).
+    """
+
+    def __getstate__(self) -> dict[Any, Any]:
+        from lorsp.uris import remember
+
+        return {**super().__getstate__(), "url": remember(self.url)}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        from lorsp.uris import reveal
+
+        super().__setstate__({**state, "url": reveal(state["url"])})
+
+
 def rdb_storage(uri: str, attempts: int = 3) -> optuna.storages.RDBStorage:
     """The Optuna storage at `uri`; a one-line ConfigError when it cannot be opened.
 
@@ -211,16 +230,19 @@ def rdb_storage(uri: str, attempts: int = 3) -> optuna.storages.RDBStorage:
     loser's schema check can fail half-way: it tries again (the tables exist by then) before it
     reports the storage as unusable.
     """
+    from lorsp.uris import redact, require_secret, scrub
+
+    require_secret(uri, "--storage")
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(uri, heartbeat_interval=None, engine_kwargs=engine_kwargs(uri))
+            return StudyStorage(uri, heartbeat_interval=None, engine_kwargs=engine_kwargs(uri))
         except Exception as err:  # sqlalchemy raises many kinds; all mean "cannot use this storage"
             if attempt + 1 < attempts:
                 time.sleep(1.0 + attempt)
                 continue
-            reason = str(err).splitlines()[0][:200]
-            raise ConfigError(f"--storage {uri}: cannot open the Optuna storage ({reason}); check the URI and that "
-                              "the database is up") from None
+            reason = scrub(str(err).splitlines()[0], uri)[:200]
+            raise ConfigError(f"--storage {redact(uri)}: cannot open the Optuna storage ({reason}); check the URI "
+                              "and that the database is up") from None
     raise AssertionError("unreachable")
 
 
@@ -301,7 +323,7 @@ def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resu
         directions = ["maximize" if o.mode == "max" else "minimize" for o in study.objectives]
         created = optuna.create_study(study_name=study.name, storage=storage, directions=directions)
         # The study file travels with the study, so `lorsp.pareto` / `lorsp.export` need only its name.
-        created.set_user_attr(STUDY_CONFIG_ATTR, study.model_dump_json())
+        created.set_user_attr(STUDY_CONFIG_ATTR, study.redacted().model_dump_json())  # no password in it
         with warnings.catch_warnings():  # experimental since Optuna 3.2, and what its plots and dashboard read
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             created.set_metric_names([o.metric for o in study.objectives])

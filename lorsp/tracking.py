@@ -30,6 +30,7 @@ import atexit
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ from lorsp.pareto import REFERENCE_RULE, TrialRecord, summarise
 from lorsp.relocate import describe, relocate_store, under_root
 from lorsp.report import plot_front, plot_fronts_by, trial_rows, write_table
 from lorsp.search import TRIAL_KEY
+from lorsp.uris import redact, remember, require_secret, reveal, scrub, with_hint
 
 MLFLOW_CLIENT_ENV = {
     # MLflow's HTTP client retries 7 times with exponential backoff and waits 120 s per request by
@@ -127,11 +129,12 @@ def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         else:
             reason = _one_line(err)[:120]
         raise ConfigError(
-            f"tracking.uri {uri}: no MLflow server answers ({reason}); start one (python -m lorsp.ui "
-            f"--root DIR, or mlflow server ...) or drop --tracking-uri to record in the embedded store"
+            f"tracking.uri {redact(uri)}: no MLflow server answers ({scrub(reason, uri)}); start one (python -m "
+            f"lorsp.ui --root DIR, or mlflow server ...) or drop --tracking-uri to record in the embedded store"
         ) from None
     if response.status_code >= 500:
-        raise ConfigError(f"tracking.uri {uri}: the MLflow server answers HTTP {response.status_code}; check its log")
+        raise ConfigError(f"tracking.uri {redact(uri)}: the MLflow server answers HTTP {response.status_code}; "
+                          "check its log")
 
 
 def _one_line(err: BaseException) -> str:
@@ -146,7 +149,7 @@ class Store:
     def __init__(self, study: StudyConfig, uri: str, experiment_id: str) -> None:
         from mlflow import MlflowClient
 
-        self.study = study
+        self.study = study.redacted()  # what the store records of the study: its URIs without passwords
         self.uri = uri
         self.experiment_id = experiment_id
         self.client = MlflowClient(tracking_uri=uri)
@@ -274,6 +277,7 @@ def connect(study: StudyConfig, uri: str | None = None) -> Store:
     """
     _quiet_mlflow_logs()
     uri = tracking_uri(study, uri)
+    require_secret(uri, "--tracking-uri")  # a URI read back from a record has no password to connect with
     if is_server(uri):
         probe_server(uri)
     moved = relocate_store(uri)  # a study folder copied from elsewhere: its artifacts are beside it now
@@ -296,7 +300,8 @@ def connect(study: StudyConfig, uri: str | None = None) -> Store:
     except ConfigError:
         raise
     except Exception as err:  # MlflowException, sqlalchemy, requests: all mean "cannot record here"
-        raise ConfigError(f"tracking.uri {uri}: cannot open the MLflow store ({_one_line(err)})") from None
+        raise ConfigError(f"tracking.uri {redact(uri)}: cannot open the MLflow store "
+                          f"({scrub(_one_line(err), uri)})") from None
     return Store(study, uri, experiment_id)
 
 
@@ -337,7 +342,7 @@ class MLflowCallback(Callback):
 
     def __init__(self, study: StudyConfig, uri: str, experiment_id: str, parent_id: str,
                  warn: Callable[[str], None] | None = None) -> None:
-        self.study = study
+        self.study = study.redacted()
         self.uri = uri
         self.experiment_id = experiment_id
         self.parent_id = parent_id
@@ -353,12 +358,17 @@ class MLflowCallback(Callback):
     def _name(self, trial_id: str) -> str:
         return self._names.get(trial_id, f"trial {trial_id}")
 
-    # Tune pickles its run config (callbacks included) into tuner.pkl: keep the client out of it.
+    # Tune pickles its run config (callbacks included) into tuner.pkl: keep the client and the
+    # password out of it (a copy in this process gets the URI back: lorsp.uris.remember).
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_store"] = None
         state["_warn"] = None
+        state["uri"] = remember(self.uri)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({**state, "uri": reveal(state["uri"])})
 
     @property
     def store(self) -> Store:
@@ -372,9 +382,10 @@ class MLflowCallback(Callback):
         try:
             return fn()
         except Exception as err:  # any MLflow/network error: warn once, keep the study running
-            self.failure = f"{what}: {_one_line(err)}"
+            reason = scrub(_one_line(err), self.uri)
+            self.failure = f"{what}: {reason}"
             message = (
-                f"warning: MLflow at {self.uri} failed while {what} ({_one_line(err)}); recording stops for "
+                f"warning: MLflow at {redact(self.uri)} failed while {what} ({reason}); recording stops for "
                 f"this study, its results stay in the Optuna storage; re-log them later with: "
                 f"python -m lorsp.tracking relog --name {self.study.name} --root {self.study.tracking.root}"
             )
@@ -524,8 +535,8 @@ def tune_callbacks(study: StudyConfig, uri: str | None = None) -> list[Callback]
     try:
         parent_id, created = store.ensure_parent()
     except Exception as err:
-        raise ConfigError(f"tracking.uri {store.uri}: cannot create the study's parent run "
-                          f"({_one_line(err)})") from None
+        raise ConfigError(f"tracking.uri {redact(store.uri)}: cannot create the study's parent run "
+                          f"({scrub(_one_line(err), store.uri)})") from None
     if created:
         _OPEN_PARENTS[parent_id] = (store.uri, store.experiment_id)
     return [MLflowCallback(study, store.uri, store.experiment_id, parent_id)]
@@ -548,14 +559,24 @@ def finish_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
     except Exception as err:
         if warned:
             return None
-        warn(f"warning: could not record the end of study '{study.name}' in MLflow ({_one_line(err)}); the results "
+        reason = scrub(_one_line(err), tracking_uri(study, uri))
+        warn(f"warning: could not record the end of study '{study.name}' in MLflow ({reason}); the results "
              f"are in the Optuna storage: re-log them with python -m lorsp.tracking relog --name {study.name} "
              f"--root {study.tracking.root}")
         return None
-    browse = f"open {done['uri']}" if is_server(done["uri"]) else f"python -m lorsp.ui --root {study.tracking.root}"
-    print(f"MLflow: study '{study.name}' recorded in {done['uri']} (experiment {done['experiment_id']}, parent run "
-          f"{done['parent_run_id']}); browse it with: {browse}", flush=True)
+    print(f"MLflow: study '{study.name}' recorded in {redact(done['uri'])} (experiment {done['experiment_id']}, "
+          f"parent run {done['parent_run_id']}); browse it with: {ui_command(study, done['uri'])}", flush=True)
     return done
+
+
+def ui_command(study: StudyConfig, uri: str) -> str:
+    """The `lorsp.ui` command that shows this study: `--root` for the embedded store under the study's
+    root, `--tracking-uri` (password masked, with a note on how to give it) for any other store."""
+    from lorsp.search import default_root
+
+    if uri == f"sqlite:///{default_root(study) / 'mlflow.db'}":
+        return f"python -m lorsp.ui --root {shlex.quote(study.tracking.root)}"
+    return with_hint(f"python -m lorsp.ui --tracking-uri {shlex.quote(redact(uri) or uri)}", uri)
 
 
 def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None = None,
@@ -808,9 +829,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # the store answered but refused: still one line
-        print(f"error: re-logging study '{args.name}' failed: {_one_line(err)}", file=sys.stderr)
+        reason = scrub(_one_line(err), args.tracking_uri, args.storage)
+        print(f"error: re-logging study '{args.name}' failed: {reason}", file=sys.stderr)
         return 2
-    print(f"re-logged study '{args.name}' to {done['uri']}: parent run {done['parent_run_id']}, "
+    print(f"re-logged study '{args.name}' to {redact(done['uri'])}: parent run {done['parent_run_id']}, "
           f"{done['created']} child runs created, {done['updated']} updated; Pareto front: trials "
           f"{', '.join(map(str, done['front'])) or 'none'}; hypervolume {done['hypervolume']:.6g}")
     return 0

@@ -31,6 +31,7 @@ from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.errors import DataError
 from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY
 from lorsp.pareto import TrialRecord
+from lorsp.uris import redact, redact_arg, with_hint
 
 TRIAL_RETRIES = 2
 """Retries of a trial whose process or node was lost (never of a failure of the training itself)."""
@@ -287,6 +288,7 @@ def trainable(study: StudyConfig, splits_ref: Any, storage_path: str, jobs: bool
     from ray import tune
 
     res = study.resources
+    study = study.redacted()  # a trial never connects to the stores: it gets no password
     # Wrapped in a list: a bare ObjectRef parameter would be fetched into every trial driver and then
     # copied into each worker's config; the list keeps it a reference that workers `ray.get` locally.
     if res.uses_ray_train:
@@ -579,7 +581,8 @@ def _run_leased(study: StudyConfig, optuna_storage: Any, uri: str, *, resume: bo
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(study), num_samples=todo,
                                     max_concurrent_trials=study.search.max_concurrent,
                                     reuse_actors=inline,  # keeps torch/timm imported from trial to trial
-                                    trial_dirname_creator=lambda trial: f"{study.name}-{trial.trial_id}"),
+                                    # the name, not the study (and its URIs): Tune pickles this
+                                    trial_dirname_creator=lambda trial, name=study.name: f"{name}-{trial.trial_id}"),
         run_config=tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
                                   callbacks=callbacks, verbose=0, stop=interruption.stopper(),
                                   failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
@@ -588,7 +591,7 @@ def _run_leased(study: StudyConfig, optuna_storage: Any, uri: str, *, resume: bo
     launcher = "in the trial process" if inline else f"Ray Train, {study.resources.workers_per_trial} worker(s) each"
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in study.objectives)
     log(f"study '{study.name}': {todo} trials, {study.search.max_concurrent} at a time ({launcher}), "
-        f"sampler {study.search.sampler}, objectives {objectives}; storage {uri}")
+        f"sampler {study.search.sampler}, objectives {objectives}; storage {redact(uri)}")
     interruption.arm()
     try:
         tuner.fit()
@@ -616,11 +619,13 @@ def _stop_unfinished(searcher: Any, callbacks: list[Any], reason: str) -> int:
 
 
 def resume_command(argv: list[str]) -> str:
-    """The exact command that continues this study: the same arguments plus --resume."""
+    """The command that continues this study: the same arguments plus --resume, with the password of
+    any URI in them shown as *** and a shell comment saying how to give it (:func:`lorsp.uris.with_hint`)."""
     args = list(argv)
     if "--resume" not in args:
         args.append("--resume")
-    return shlex.join(["python", "-m", "lorsp.tune", *args])
+    shown = [redact_arg(a) for a in args]
+    return with_hint(shlex.join(["python", "-m", "lorsp.tune", *shown]), *[a for a, b in zip(args, shown) if a != b])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from lorsp.config import ConfigError
 from lorsp.mlflow_server import server_command, wait_until_up
 from lorsp.ports import port_free
 from lorsp.relocate import describe, relocate_store
+from lorsp.uris import browser_url, redact, require_secret, scrub
 
 
 def backend_for(root: str | None, tracking_uri: str | None) -> tuple[str, Path]:
@@ -42,7 +43,7 @@ def view_lines(tracking_uri: str, base: str, name: str | None) -> list[str]:
     try:
         views = publish(tracking_uri, base, name)
     except Exception as err:  # MLflow or the database: the UI still runs, only the addresses are missing
-        return [f"warning: could not write the studies' views ({str(err).splitlines()[0][:200]})"]
+        return [f"warning: could not write the studies' views ({scrub(str(err).splitlines()[0], tracking_uri)[:200]})"]
     if not views:
         return [f"  no lorsp study{f' named {name!r}' if name else ''} in this store yet"]
     return [line for view in views for line in (f"  study '{view.name}' trials:       {view.trials_url}",
@@ -59,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="print the addresses of this study only (default: every lorsp study)")
     args = parser.parse_args(argv)
     try:
+        require_secret(args.tracking_uri, "--tracking-uri")
         if args.tracking_uri and args.tracking_uri.startswith(("http://", "https://")):
-            print(f"MLflow server already at {args.tracking_uri}; open it in a browser")
-            print("\n".join(view_lines(args.tracking_uri, args.tracking_uri, args.name)), flush=True)
+            print(f"MLflow server already at {redact(args.tracking_uri)}; open it in a browser")
+            print("\n".join(view_lines(args.tracking_uri, browser_url(args.tracking_uri), args.name)), flush=True)
             return 0
         backend, artifacts = backend_for(args.root, args.tracking_uri)
         moved = relocate_store(backend)
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     artifacts.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"
-    print(f"starting mlflow server on {backend} ...", flush=True)
+    print(f"starting mlflow server on {redact(backend)} ...", flush=True)
     process = subprocess.Popen(server_command(backend, artifacts, args.port))
     try:
         views = view_lines(backend, url, args.name)  # while the server starts
