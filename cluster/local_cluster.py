@@ -2,8 +2,9 @@
 
 Deployment tooling, not part of the `lorsp` library: it lives with the other deployments in `cluster/`
 and runs as a script (`python cluster/local_cluster.py`, which `local.sh` calls with the repository's
-Python). It uses lorsp only for what the library itself needs too: `lorsp.ports` and
-`lorsp.mlflow_server`.
+Python). It uses lorsp only for what the library itself needs too: `lorsp.ports`,
+`lorsp.mlflow_server` and `lorsp.children` (SIGTERM and SIGHUP stop a command as Ctrl-C does: an
+`up` cut short by any of them takes down what it had started).
 
 What `up` starts, all under one state folder (default `./lorsp-cluster/`):
 
@@ -50,6 +51,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lorsp.children import Stopped, stop_signals
 from lorsp.mlflow_server import answers, server_command, wait_until_up
 from lorsp.ports import free_port
 
@@ -773,24 +775,28 @@ def main(argv: list[str] | None = None) -> int:
     if rest and args.verb != "submit-command":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        if args.verb == "up":
-            up(args.state, workers=args.workers, head_cpus=args.head_cpus, worker_cpus=args.worker_cpus,
-               worker_gpus=args.worker_gpus, object_store_mb=args.object_store_mb, services=not args.no_services)
-        elif args.verb == "down":
-            down(args.state, purge=args.purge)
-        elif args.verb == "status":
-            return _print_status(args.state)
-        elif args.verb == "add-node":
-            add_node(args.state, cpus=args.cpus, gpus=args.gpus)
-        elif args.verb == "kill-node":
-            kill_node(args.state, args.name, graceful=args.graceful)
-        elif args.verb == "env":
-            print(env_lines(_require_up(args.state)))
-        elif args.verb == "submit-command":
-            print(submit_line(_require_up(args.state), args.space, rest))
+        with stop_signals():  # SIGTERM, SIGHUP as Ctrl-C: an `up` they cut short takes down what it started
+            if args.verb == "up":
+                up(args.state, workers=args.workers, head_cpus=args.head_cpus, worker_cpus=args.worker_cpus,
+                   worker_gpus=args.worker_gpus, object_store_mb=args.object_store_mb,
+                   services=not args.no_services)
+            elif args.verb == "down":
+                down(args.state, purge=args.purge)
+            elif args.verb == "status":
+                return _print_status(args.state)
+            elif args.verb == "add-node":
+                add_node(args.state, cpus=args.cpus, gpus=args.gpus)
+            elif args.verb == "kill-node":
+                kill_node(args.state, args.name, graceful=args.graceful)
+            elif args.verb == "env":
+                print(env_lines(_require_up(args.state)))
+            elif args.verb == "submit-command":
+                print(submit_line(_require_up(args.state), args.space, rest))
     except ClusterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except Stopped as stop:
+        return stop.exit_code
     except KeyboardInterrupt:
         return 130
     return 0

@@ -36,7 +36,8 @@ OVERRIDES = [
 
 # ---------------------------------------------------------------- a real MLflow server
 class Server:
-    """`mlflow server` (the command `python -m lorsp.ui` runs) on a sqlite backend, in its own session."""
+    """`mlflow server` (the command `python -m lorsp.ui` runs) on a sqlite backend, in its own session,
+    ended with the test session even when that is killed (lorsp.children: the parent-death signal)."""
 
     def __init__(self, folder: Path, port: int | None = None) -> None:
         self.folder = folder
@@ -45,14 +46,15 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Server:
+        from lorsp.children import ChildGroup
         from lorsp.mlflow_server import server_command
 
         self.folder.mkdir(parents=True, exist_ok=True)
         log = (self.folder / f"server-{self.port}.log").open("w")
-        self.process = subprocess.Popen(
+        self.process = ChildGroup(
             server_command(f"sqlite:///{self.folder / 'mlflow.db'}", self.folder / "artifacts", self.port),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+            stdout=log, stderr=subprocess.STDOUT,
+        ).process
         atexit.register(self.kill)
         return self
 
