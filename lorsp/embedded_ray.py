@@ -5,17 +5,16 @@ driver's process group, and GNU `timeout`, a closing terminal, a batch scheduler
 container stop signal the whole group. The head then dies at the same moment as the driver, Ray
 aborts the driver before it can record the stop, and the study is left RUNNING.
 
-So the head is started by a small keeper process (`python -m lorsp.embedded_ray`) in a new session:
-no signal meant for the driver's group reaches it. The driver attaches to it as to any cluster,
-records the stop, and then ends it (:meth:`EmbeddedRay.stop`). The keeper also ends the head when
-the driver dies without a word (`kill -9`): the kernel tells it (PR_SET_PDEATHSIG on Linux), and it
-polls its parent besides, so no head outlives its driver.
+So the head is started by a small process (`python -m lorsp.embedded_ray`) that runs `ray.init` and
+waits, in a session of its own (:class:`lorsp.children.ChildGroup`): no signal meant for the driver's
+group reaches it. The driver attaches to it as to any cluster, records the stop, and then ends the
+whole session (:meth:`EmbeddedRay.stop`). The session also ends when the driver dies without a word
+(`kill -9`): ChildGroup's keeper is told by the kernel, so no head outlives its driver.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import subprocess
@@ -24,67 +23,45 @@ import threading
 import time
 from typing import IO
 
+from lorsp.children import STOP_SIGNALS, ChildGroup
+
 READY = "lorsp-embedded-ray ready "
-"""The line the keeper prints once the head answers, followed by its GCS address."""
+"""The line the head's process prints once the head answers, followed by its GCS address."""
 START_TIMEOUT_S = 180.0
 """How long the driver waits for the head: a loaded 2-core machine has taken over a minute."""
-STOP_TIMEOUT_S = 30.0
-"""How long the keeper gets to shut the head down before its whole session is killed."""
+STOP_TIMEOUT_S = 5.0
+"""How long the head gets to shut down before what is left of its session is killed: it is ephemeral,
+and the study was recorded before it is stopped."""
 
 
 class EmbeddedRay:
-    """A running embedded head: its GCS address, and the keeper that ends it."""
+    """A running embedded head: its GCS address, and the process group that ends it."""
 
-    def __init__(self, process: subprocess.Popen, address: str) -> None:
-        self.process = process
+    def __init__(self, group: ChildGroup, address: str) -> None:
+        self.group = group
+        self.process = group.process  # the session's leader
         self.address = address
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Shut the head down and wait; whatever is left of its session after `timeout` is killed."""
-        if self.process.poll() is None:
-            try:
-                self.process.send_signal(signal.SIGTERM)
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        _kill_session(self.process.pid)
-        if self.process.poll() is None:
-            self.process.wait()
-
-
-def _kill_session(pgid: int) -> None:
-    """SIGKILL to every process left in the keeper's process group (its head processes)."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _die_with_parent() -> None:
-    """In the keeper, before exec: the kernel sends SIGTERM when the driver that started it dies."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass  # the keeper's own poll of its parent still ends it
+    def stop(self) -> None:
+        """Shut the head down and wait until nothing of its session is left (SIGKILL after a while)."""
+        self.group.stop()
 
 
 def start(num_cpus: int | None = None, port: int | None = None, timeout: float = START_TIMEOUT_S) -> EmbeddedRay:
-    """Start a keeper and its head; return once the head answers. RuntimeError if it never does."""
+    """Start the head in a session of its own; return once it answers. RuntimeError if it never does."""
     from lorsp.ports import free_port
 
-    port = port or free_port()
-    cmd = [sys.executable, "-m", "lorsp.embedded_ray", "--port", str(port), "--parent", str(os.getpid())]
+    cmd = [sys.executable, "-m", "lorsp.embedded_ray", "--port", str(port or free_port())]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                               start_new_session=True, preexec_fn=_die_with_parent)
-    address = _wait_ready(process, timeout)
+    group = ChildGroup(cmd, stop_timeout=STOP_TIMEOUT_S, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    address = _wait_ready(group.process, timeout)
     if address is None:
-        EmbeddedRay(process, "").stop(timeout=5)
-        raise RuntimeError(f"the embedded Ray did not start within {timeout:.0f}s (exit code {process.poll()}); "
+        code = group.poll()
+        group.stop(timeout=5)
+        raise RuntimeError(f"the embedded Ray did not start within {timeout:.0f}s (exit code {code}); "
                            "see its output above")
-    return EmbeddedRay(process, address)
+    return EmbeddedRay(group, address)
 
 
 def _wait_ready(process: subprocess.Popen, timeout: float) -> str | None:
@@ -123,8 +100,8 @@ def attach_with_token_auth() -> None:
         _enable_token_auth()
 
 
-# ---------------------------------------------------------------- the keeper process
-def _keep(port: int, parent: int, num_cpus: int | None) -> int:
+# ---------------------------------------------------------------- the head's process
+def _serve(port: int, num_cpus: int | None) -> int:
     import logging
 
     import ray
@@ -135,12 +112,10 @@ def _keep(port: int, parent: int, num_cpus: int | None) -> int:
                        include_dashboard=True)
     # After ray.init, which installs handlers of its own: a stop signal ends the head quietly.
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: stop.set())
     print(f"{READY}{context.address_info['gcs_address']}", flush=True)
-    while not stop.wait(0.5):
-        if os.getppid() != parent:  # the driver is gone (and the kernel's signal did not come)
-            break
+    stop.wait()
     ray.shutdown()
     return 0
 
@@ -148,10 +123,9 @@ def _keep(port: int, parent: int, num_cpus: int | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lorsp.embedded_ray", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True, help="the head's GCS port")
-    parser.add_argument("--parent", type=int, required=True, help="pid of the driver this head ends with")
     parser.add_argument("--num-cpus", type=int, help="logical CPUs of the head (default: the machine's)")
     args = parser.parse_args(argv)
-    return _keep(args.port, args.parent, args.num_cpus)
+    return _serve(args.port, args.num_cpus)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lorsp.children import STOP_SIGNALS
 from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.errors import DataError
 from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY
@@ -411,10 +412,6 @@ def quiet_tune_console() -> None:
     bury those lines; the legacy reporter honours verbose=0. Call before building a Tuner."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-"""What stops jobs: Ctrl-C, `kill`/`timeout`/`ray job stop`/a scheduler's preemption, a closing terminal."""
 
 
 class Interruption:
