@@ -8,7 +8,9 @@ them without importing torch through :mod:`lorsp.data`: that import alone took a
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError"]
+import re
+
+__all__ = ["ConfigError", "DataError", "data_error_in"]
 
 
 class ConfigError(ValueError):
@@ -21,3 +23,31 @@ class DataError(ValueError):
     A ``ValueError`` so that config validation code that already catches ``ValueError`` reports
     it, and its own class so the CLI can print it without a traceback.
     """
+
+
+_WRAPPED = re.compile(r"lorsp\.errors\.DataError: (.*)")
+
+
+def data_error_in(err: BaseException) -> DataError | None:
+    """The DataError that ``err`` is or wraps, else None.
+
+    A DataError raised in another process (a Ray Data decode task, a Ray Train worker) reaches the
+    caller wrapped by Ray (``RayTaskError(DataError)``, or a ``UserCodeException`` whose text holds
+    the task's traceback): its one line is read back from there, so a damaged file fails a run once
+    with the file to fix, rather than as a lost process that Ray retries.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        found = _WRAPPED.search(str(cause))
+        if found:
+            return DataError(found.group(1).strip())
+        inner = getattr(cause, "cause", None)  # a RayTaskError keeps the task's own exception there
+        if isinstance(inner, BaseException):
+            cause = inner
+        elif isinstance(cause, DataError):
+            return cause
+        else:
+            cause = cause.__cause__ or cause.__context__
+    return None

@@ -4,18 +4,21 @@
 runs from the command line (`python -m lorsp.train`), inside a Ray Train worker (which passes a
 callback that forwards to `ray.train.report`) and in tests. It knows nothing of Ray, MLflow or
 Optuna; distributed data parallelism comes from `torch.distributed` when a process group exists.
+A run given no splits whose study streams its data (`data.stream`) has Ray Data read them, as a
+search's trial does, through :mod:`lorsp.data.stream`, which starts Ray for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,8 @@ from lorsp.data import (
     StreamBatches,
     StreamedSplits,
     load_splits_for,
-    streamable,
 )
+from lorsp.errors import data_error_in
 from lorsp.evaluation import NoiseSpec, evaluate
 from lorsp.evaluation import autocast as _autocast
 from lorsp.gallery import GALLERY_FILE, draw_safely, title_for
@@ -152,18 +155,28 @@ def _sizes(splits: Splits | StreamedSplits) -> tuple[int, int, int]:
     return len(splits.train), len(splits.val), len(splits.test)
 
 
-def _load_in_memory(study: StudyConfig) -> Splits:
-    """The splits of a run without a search driver: in memory, unless the study asks to stream."""
-    data = study.data
-    if data.stream is True or (data.stream == "auto" and streamable(data.dataset)):
-        from lorsp.data.mode import choose_mode
+@contextlib.contextmanager
+def _study_splits(study: StudyConfig, log: Callable[[str], None]) -> Iterator[Splits | StreamedSplits]:
+    """The splits of a run without a search driver, read as a search's one-worker trial reads them.
 
-        if choose_mode(data).stream:
-            raise ConfigError(
-                f"data.stream: {data.dataset} is to be streamed through Ray Data, which a single run does not "
-                "start: run it as a search (python -m lorsp.tune, e.g. --num-samples 1) or set data.stream: false"
-            )
-    return load_splits_for(data)
+    In memory, or, where ``data.stream`` says so (:func:`lorsp.data.mode.choose_mode`, as the search
+    decides), streamed through Ray Data exactly as an inline trial streams: the same
+    :class:`~lorsp.data.StreamPlan`, the window order of ``train.seed``, ``resources.stream_cpus``
+    decode CPUs; so the run trains on the same batches as that trial. Ray is started for it and shut
+    down at the end (:func:`lorsp.data.stream.stream_for_run`, the one place Ray is reached from here).
+    """
+    from lorsp.data.mode import choose_mode
+
+    mode = choose_mode(study.data)
+    if mode.line:
+        log(mode.line)
+    if mode.plan is None:
+        yield load_splits_for(study.data)
+        return
+    from lorsp.data.stream import stream_for_run
+
+    with stream_for_run(mode.plan, seed=study.train.seed, cpus=study.resources.stream_cpus, log=log) as splits:
+        yield splits
 
 
 def _save_checkpoint(folder: Path, model: PromptedClassifier, optimizer: torch.optim.Optimizer,
@@ -205,6 +218,10 @@ def train_loop(
 
     `resume_from` is a checkpoint folder written by an earlier epoch (the one handed to `report`):
     training continues after its epoch with the same optimizer and schedule state.
+
+    Without `splits` the study's data are read here: in memory, or streamed through Ray Data where
+    `data.stream` says so, on a Ray started for this run (the cluster of RAY_ADDRESS, else an
+    embedded local one), with the splits and batches of the search's trial (see `_study_splits`).
     """
     t = study.train
     if t.threads:
@@ -212,8 +229,17 @@ def train_loop(
     ctx = _context(device, verbose)
     started = time.perf_counter()
     torch.manual_seed(t.seed)
-    if splits is None:
-        splits = _load_in_memory(study)
+    if splits is not None:
+        return _train(study, splits, report, ctx, started, out_dir, resume_from)
+    with _study_splits(study, ctx.log) as own:
+        return _train(study, own, report, ctx, started, out_dir, resume_from)
+
+
+def _train(study: StudyConfig, splits: Splits | StreamedSplits, report: ReportFn | None, ctx: _Context,
+           started: float, out_dir: str | os.PathLike[str] | None,
+           resume_from: str | os.PathLike[str] | None) -> dict[str, float]:
+    """The body of :func:`train_loop`, once the data are there."""
+    t = study.train
     model = build_model(study, splits.num_classes).to(ctx.device)
     if ctx.device.type == "cuda" and t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -367,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        found = data_error_in(err)  # a damaged file met in a Ray Data task, wrapped by Ray
+        if found is None:
+            raise
+        print(f"error: {found}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -110,8 +110,14 @@ def _open_stream(study: StudyConfig, plan: Any, ray_lib: Any, decode: Any | None
 
 
 def _failure(err: BaseException) -> dict[str, Any]:
-    """The one result a failed trial reports: the reason in one line, the traceback for the record."""
-    line = f"{type(err).__name__}: {err}".splitlines()[0][:300] if str(err) else type(err).__name__
+    """The one result a failed trial reports: the reason in one line, the traceback for the record.
+
+    A data error raised in another process (a Ray Data decode task) is shown as its own one line
+    (the file and row to fix), not as the Ray error that carried it."""
+    from lorsp.errors import data_error_in
+
+    shown = data_error_in(err) or err
+    line = f"{type(shown).__name__}: {shown}".splitlines()[0][:300] if str(shown) else type(shown).__name__
     return {FAILED_KEY: 1.0, ERROR_KEY: line,
             TRACEBACK_KEY: "".join(traceback.format_exception(err))[-20000:]}
 
@@ -119,17 +125,20 @@ def _failure(err: BaseException) -> dict[str, Any]:
 def _guarded(run: Callable[[], None], report: Callable[[dict[str, Any]], None]) -> None:
     """Run a trial's training; a failure of the training itself is reported once, not raised.
 
-    Raised, Tune would retry it and print a traceback per attempt, though a diverged loss or a bad
-    setting fails the same way every time. Ray's own errors (a lost object, a dead node) are raised:
-    those are the failures a retry can cure.
+    Raised, Tune would retry it and print a traceback per attempt, though a diverged loss, a bad
+    setting or a damaged data file fails the same way every time. Ray's own errors (a lost object,
+    a dead node) are raised: those are the failures a retry can cure; but not a DataError that a
+    Ray task raised and Ray wrapped (a RayTaskError), which is a damaged file like any other.
     """
     from ray.exceptions import RayError
 
+    from lorsp.errors import data_error_in
+
     try:
         run()
-    except RayError:
-        raise
     except Exception as err:
+        if isinstance(err, RayError) and data_error_in(err) is None:
+            raise
         report(_failure(err))
 
 
@@ -137,9 +146,21 @@ def _worker_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker (launcher `ray_train`)."""
     import ray.train
 
+    _quiet_reports()
     study = StudyConfig.model_validate_json(config["study"])
     _guarded(lambda: _train(study, config["splits"], ray.train, config.get("resume_from"), config.get("decode")),
              ray.train.report)
+
+
+def _quiet_reports() -> None:
+    """No console line from every worker for every report (a failed trial's would hold its whole
+    traceback). Ray Train 2.60 logs them at INFO through a logger named after its module's file path,
+    outside `ray.train`, so `LoggingConfig(log_level="WARNING")` does not reach it."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray: its own logging rules apply
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def _placement() -> dict[str, str]:

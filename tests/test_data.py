@@ -489,3 +489,35 @@ def test_torchvision_file_set_from_prepared_files(tmp_path: Path) -> None:
     for img, lab in zip(s.train.images, s.train.labels):
         want = torch.tensor(list(_COLOURS.values())[int(lab)], dtype=torch.float32)
         assert (img[:, 8, 8].float() - want).abs().max() <= 12  # JPEG is lossy
+
+
+def test_torchvision_damaged_files_are_one_line_naming_them(tmp_path: Path) -> None:
+    from PIL import Image
+
+    # A set of image files (EuroSAT): the damaged file itself, and the folder whose deletion re-downloads it.
+    base = tmp_path / "eurosat" / "2750"
+    for c, name in enumerate(("Forest", "River", "Sea")):
+        (base / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (64, 64), list(_COLOURS.values())[c]).save(base / name / f"{i}.jpg", quality=95)
+    bad = base / "River" / "3.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(DataError) as e:
+        load_splits("eurosat", image_size=16, root=str(tmp_path), seed=0)
+    message = str(e.value)
+    assert message.startswith(f"{bad}: cannot decode the image (") and "\n" not in message, message
+    assert message.endswith(f"image 9 of eurosat: delete {tmp_path / 'eurosat'} to download eurosat again")
+    # A set kept as arrays (MNIST) whose file is cut short: a damaged file, not a failed download.
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 12)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+    with pytest.raises(DataError) as e:
+        load_splits("mnist", image_size=32, root=str(tmp_path), seed=0)
+    message = str(e.value)
+    assert message.startswith(f"cannot read mnist in {tmp_path} (RuntimeError: ") and "\n" not in message, message
+    assert message.endswith("its files there are damaged; delete its folder there to download mnist again")

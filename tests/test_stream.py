@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from lorsp.config import ConfigError, load_study
+from lorsp.config import load_study
 from lorsp.data import BatchIterator, DataError, load_splits, load_splits_for, plan_stream, plan_stream_for
 from lorsp.data.load import read_rows
 from lorsp.data.mode import choose_mode
 from lorsp.data.order import eval_windows, train_windows
-from lorsp.train import train_loop
+from lorsp.train import main, train_loop
 from tests.conftest import QUICKSTART
 
 N_IMAGES = 480
@@ -130,9 +130,36 @@ def test_auto_streams_above_the_threshold_and_says_so_in_one_line(sets: dict[str
         choose_mode(_study("digits", "data.stream=true").data)
 
 
-def test_a_single_run_does_not_start_ray_to_stream(sets: dict[str, str]) -> None:
-    with pytest.raises(ConfigError, match="run it as a search"):
-        train_loop(_study(sets["parquet"], "data.stream=true"), verbose=False)
+@pytest.mark.slow
+def test_a_single_run_streams_and_trains_on_the_in_memory_batches(sets: dict[str, str], tmp_path: Path,
+                                                                 capsys) -> None:
+    """`python -m lorsp.train` streams what a search would stream, starting Ray for Ray Data itself.
+
+    An image folder streams in the in-memory order (the same batches), so the streamed run is the
+    in-memory run, to the last bit. A Ray the run started is shut down; one already running is left.
+    """
+    import json
+
+    import ray
+
+
+    running = ray.is_initialized()
+    final: dict[str, dict] = {}
+    for stream in ("false", "true"):
+        out = tmp_path / f"stream-{stream}"
+        args = ["--config", str(QUICKSTART), "--out", str(out)]
+        for kv in (*RUN, f"data.dataset={sets['imagefolder']}", f"data.stream={stream}", "resources.stream_cpus=1"):
+            args += ["--set", kv]
+        code = main(args)
+        printed = capsys.readouterr()
+        assert code == 0, printed.err[-3000:]
+        final[stream] = json.loads((out / "metrics.json").read_text())["final"]
+    assert "data: streaming through Ray Data (data.stream: true" in printed.out
+    assert "epoch 2/2" in printed.out
+    assert ray.is_initialized() == running
+    for key in ("loss", "train_acc", "val_acc", "test_acc"):
+        assert final["true"][key] == final["false"][key], key
+    assert final["true"]["val_acc"] > 0.3  # it learned (chance is 0.1)
 
 
 # ---------------------------------------------------------------- real Ray Data pipelines

@@ -174,3 +174,15 @@ def test_train_seed_owns_order_and_init_data_seed_owns_the_splits():
     assert not torch.equal(a["eval"], c["eval"])
     assert sorted(_rows(a["train"])) != sorted(_rows(c["train"]))
     assert torch.equal(a["init_head"], c["init_head"])
+
+
+def test_lorsp_train_does_not_import_ray():
+    """Ray is imported only by a run that streams its data: a plain run works where Ray is not installed."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-c", "import sys, lorsp.train; sys.exit(int('ray' in sys.modules))"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:] or "importing lorsp.train imported ray"

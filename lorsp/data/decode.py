@@ -21,7 +21,7 @@ from torch import Tensor
 
 from lorsp.errors import DataError
 
-__all__ = ["decode_many", "decode_pil", "decode_source"]
+__all__ = ["decode_many", "decode_pil", "decode_reason", "decode_source"]
 
 
 def decode_pil(img: Any, size: int) -> np.ndarray:
@@ -49,10 +49,10 @@ def decode_source(src: str | bytes | Path, size: int, what: str, fix: str) -> np
         with Image.open(fp) as img:
             return decode_pil(img, size)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"{what}: cannot decode the image ({_decode_reason(e, src)}); {fix}") from e
+        raise DataError(f"{what}: cannot decode the image ({decode_reason(e, src)}); {fix}") from e
 
 
-def _decode_reason(err: BaseException, src: Any) -> str:
+def decode_reason(err: BaseException, src: Any) -> str:
     """PIL's reason without the object or path it repeats, plus the first bytes of data it cannot identify
     (an HTML error page or a text file saved as .png shows itself there)."""
     from PIL import UnidentifiedImageError

@@ -1,8 +1,8 @@
 """A :class:`~lorsp.data.manifest.StreamPlan` through Ray Data: decode in Ray tasks, uint8 batches out.
 
 The one module of :mod:`lorsp.data` that imports Ray; only the search layer (:mod:`lorsp.tune`),
-the benchmarks and the tests import it, so the rest of the package, the training loop and the
-GPU checks run where Ray is not installed.
+a single run that streams (:mod:`lorsp.train`, when it must), the benchmarks and the tests import
+it, so the rest of the package, the training loop and the GPU checks run where Ray is not installed.
 
 How a split is read: its rows are cut into *windows* (:mod:`lorsp.data.order`); each window is one
 row of a tiny ``from_items`` dataset, and one ``map_batches`` task per window decodes and resizes
@@ -28,7 +28,9 @@ what Tune admits it with, and the node is never oversubscribed.
 
 from __future__ import annotations
 
-import re
+import contextlib
+import logging
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ from lorsp.data.manifest import Manifest, StreamPlan
 from lorsp.data.order import eval_windows, train_windows, window_rows
 from lorsp.data.seeding import STREAM_ORDER, mix
 from lorsp.data.streamed import StreamedSplits, UInt8Batch
-from lorsp.errors import DataError
+from lorsp.errors import data_error_in
 
 __all__ = [
     "DecodePlacement",
@@ -52,6 +54,7 @@ __all__ = [
     "open_worker",
     "quiet_ray_data",
     "ray_train_datasets",
+    "stream_for_run",
     "train_dataset",
 ]
 
@@ -62,15 +65,35 @@ _BUFFER_WINDOWS = 4
 _MIN_BUFFER_BYTES = 64 * 2**20
 
 
+class _UserCodeErrorLines(logging.Filter):
+    """Drops Ray Data's own lines about an exception in a decode task (``_decode``, user code to Ray).
+
+    The exception itself still reaches the process that iterates the dataset, which reports it:
+    a damaged file as the one line naming it, anything else with its traceback. Ray Data's errors
+    about its own internals (logged with their traceback) are kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Exception occurred in user code"):
+            return False
+        return not (message.startswith("An exception was raised from a task of operator") and not record.exc_info)
+
+
+_USER_CODE_LOGGERS = ("ray.data.exceptions", "ray.data._internal.execution.streaming_executor_state")
+
+
 def quiet_ray_data() -> None:
     """No progress bars or per-dataset log lines from a trial: a study's console is one line a trial."""
-    import logging
-
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    for name in _USER_CODE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _UserCodeErrorLines) for f in logger.filters):
+            logger.addFilter(_UserCodeErrorLines())
 
 
 @dataclass(frozen=True)
@@ -139,9 +162,6 @@ def windows_dataset(plan_rows: np.ndarray, manifest: Manifest, windows: list[np.
     return ds
 
 
-_DATA_ERROR = re.compile(r"lorsp\.errors\.DataError: (.*)")
-
-
 def _batches(iterator: Iterator[dict[str, np.ndarray]]) -> Iterator[UInt8Batch]:
     """The pipeline's batches; a bad image in a decode task comes out as the one-line DataError it raised.
 
@@ -152,9 +172,9 @@ def _batches(iterator: Iterator[dict[str, np.ndarray]]) -> Iterator[UInt8Batch]:
         for b in iterator:
             yield b["image"], b["label"], b["key"]
     except Exception as err:
-        found = _DATA_ERROR.search(str(err))
-        if found:
-            raise DataError(found.group(1).strip()) from None
+        found = data_error_in(err)
+        if found is not None and found is not err:
+            raise found from err  # the Ray error, with the task's traceback, stays on record
         raise
 
 
@@ -230,6 +250,35 @@ def open_inline(plan: StreamPlan, *, seed: int, placement: DecodePlacement) -> S
 
     train = EpochStream(plan.train, plan.manifest, windows, placement)
     return _splits(plan, train, placement, 0, 1)
+
+
+@contextlib.contextmanager
+def stream_for_run(plan: StreamPlan, *, seed: int, cpus: float,
+                   log: Callable[[str], None] = print) -> Iterator[StreamedSplits]:
+    """The splits of a run without a search driver (``python -m lorsp.train``), streamed as an inline
+    trial streams them (:func:`open_inline`: the same windows, from ``seed``), decoding on ``cpus`` CPUs.
+
+    Ray is started for the run and shut down when it ends: the cluster of ``RAY_ADDRESS`` (as set
+    under ``ray job submit``), else an embedded local Ray ("local": never a stray ``ray start``
+    cluster on this machine). A Ray this process already runs is used and left running. Only Ray
+    Data runs on it, so none of a search's Ray setup (:func:`lorsp.tune.init_ray`) is needed.
+    """
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        address = os.environ.get("RAY_ADDRESS")
+        log(f"data: Ray Data on the Ray cluster at {address}" if address else
+            "data: starting an embedded local Ray for Ray Data (RAY_ADDRESS names a cluster to use instead)")
+        # A local Ray makes its own auth token; its notice about token authentication is not news here.
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+        ray.init(address=address or "local", logging_level="WARNING", log_to_driver=True)
+    try:
+        quiet_ray_data()
+        yield open_inline(plan, seed=seed, placement=DecodePlacement(cpus))
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
 
 
 def train_dataset(plan: StreamPlan, *, seed: int, placement: DecodePlacement) -> Any:

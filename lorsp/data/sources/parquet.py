@@ -6,11 +6,16 @@ training split (with no test file, the validation files are the held-out split).
 integers or strings (strings are mapped to the class names of the ``datasets`` metadata, else to
 their sorted set). Read with pyarrow, imported only here. :func:`index_parquet` reads only the
 labels and the row groups, for streaming; :func:`read_parquet_rows` decodes any rows of it.
+
+A damaged file is one :class:`~lorsp.errors.DataError` line wherever it is read: a footer pyarrow
+cannot read names the file, a page it cannot read (or whose checksum fails, where the file has
+them) the file, row group and rows, an image PIL cannot decode the file and row.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -81,19 +86,86 @@ def _hf_class_names(schema: Any, label_column: str) -> list[str] | None:
         return None
 
 
+def _reason(err: BaseException) -> str:
+    """pyarrow's message on one line (some span two: "Couldn't deserialize thrift: ...\\nDeserializing
+    page header failed.")."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return (text[:200] + "...") if len(text) > 200 else text or type(err).__name__
+
+
+def _unreadable(err: BaseException) -> bool:
+    """Whether pyarrow failed on the file's bytes (a damaged or truncated file), not for want of memory."""
+    import pyarrow as pa
+
+    return isinstance(err, (OSError, pa.ArrowException)) and not isinstance(err, MemoryError)
+
+
+def _open(f: Path) -> Any:
+    """The file's ``ParquetFile``, its footer read; page checksums are verified where the file has them.
+
+    A file whose footer cannot be read (truncated, not Parquet) is one line naming it.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(f, page_checksum_verification=True)
+    except Exception as e:
+        if _unreadable(e):
+            raise DataError(f"cannot read parquet file {f} ({_reason(e)})") from e
+        raise
+
+
+def _damaged(f: Path, pf: Any, group: int, err: BaseException) -> DataError:
+    """One line for a row group pyarrow cannot read: the file, the row group and its rows (as pyarrow and
+    pandas number a file's rows), pyarrow's reason and the fix."""
+    meta = pf.metadata
+    first = sum(meta.row_group(g).num_rows for g in range(group))
+    last = first + meta.row_group(group).num_rows - 1
+    return DataError(f"cannot read parquet file {f}: row group {group} (rows {first} to {last}) is damaged "
+                     f"({_reason(err)}); download or write the file again")
+
+
+def _row_groups(f: Path, pf: Any, columns: list[str], batch_size: int) -> Iterator[tuple[int, Any]]:
+    """Every record batch of ``columns`` with the file row it starts at, one row group after another.
+
+    Read a row group at a time so that bytes pyarrow cannot read (a page overwritten inside the
+    file, its footer intact) are reported with the row group they sit in.
+    """
+    row = 0
+    for group in range(pf.metadata.num_row_groups):
+        batches = pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as e:
+                if _unreadable(e):
+                    raise _damaged(f, pf, group, e) from e
+                raise
+            yield row, batch
+            row += batch.num_rows
+
+
+def _read_row_group(f: Path, pf: Any, group: int, columns: list[str]) -> Any:
+    """One row group's ``columns`` as a table; bytes pyarrow cannot read are one line naming the rows."""
+    try:
+        return pf.read_row_group(group, columns=columns)
+    except Exception as e:
+        if _unreadable(e):
+            raise _damaged(f, pf, group, e) from e
+        raise
+
+
 def _check_columns(files: list[Path], image_column: str, label_column: str) -> _Columns:
     """Read every file's schema and refuse a missing or mistyped column in one line."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     image_kind: dict[Path, str] = {}
     names: list[str] | None = None
     string_labels = False
     for f in files:
-        try:
-            schema = pq.read_schema(f)
-        except (OSError, pa.ArrowException) as e:
-            raise DataError(f"cannot read parquet file {f} ({str(e).splitlines()[0]})") from e
+        schema = _open(f).schema_arrow
         cols = schema.names
         missing = [c for c in (image_column, label_column) if c not in cols]
         if missing:
@@ -142,17 +214,15 @@ def _read_split(
     files: list[Path], columns: _Columns, options: LoadOptions
 ) -> tuple[Tensor, list[Any]]:
     """Decode the images of one split's files into one uint8 tensor; return it and the raw labels."""
-    import pyarrow.parquet as pq
-
     image_size, image_column, label_column = options.image_size, options.image_column, options.label_column
-    n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    opened = {f: _open(f) for f in files}
+    n = sum(pf.metadata.num_rows for pf in opened.values())
     out = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
     labs: list[Any] = []
     pos = 0
-    for f in files:
-        pf = pq.ParquetFile(f)
-        row = 0  # within `f`, as pyarrow and pandas number it: the row a user can go and fix
-        for batch in pf.iter_batches(batch_size=_READ_BATCH_ROWS, columns=[image_column, label_column]):
+    for f, pf in opened.items():
+        # `row`: within `f`, as pyarrow and pandas number it: the row a user can go and fix
+        for row, batch in _row_groups(f, pf, [image_column, label_column], _READ_BATCH_ROWS):
             blobs = _blobs(batch.column(0), columns.image_kind[f], f)
             lab = batch.column(1).to_pylist()
             for i, (blob, value) in enumerate(zip(blobs, lab, strict=True)):
@@ -174,7 +244,6 @@ def _read_split(
             )
             labs.extend(lab)
             pos += len(lab)
-            row += len(lab)
     return out, labs
 
 
@@ -233,8 +302,6 @@ def load_parquet(spec: DatasetSpec, options: LoadOptions) -> Loaded:
 def index_parquet(spec: DatasetSpec, options: LoadOptions) -> Manifest:
     """Every row's file, row and label without decoding an image: reads only the label column and the
     files' metadata (row counts, row groups), in :func:`load_parquet`'s order."""
-    import pyarrow.parquet as pq
-
     assert spec.arg is not None  # the spec grammar requires a path
     path = resolve_path("parquet", spec.arg)
     by_role = _files_by_role(path)
@@ -245,11 +312,12 @@ def index_parquet(spec: DatasetSpec, options: LoadOptions) -> Manifest:
     rows_per_file: list[int] = []
     for role, fs in by_role.items():
         for f in fs:
-            pf = pq.ParquetFile(f)
+            pf = _open(f)
             meta = pf.metadata
             sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
             row_groups.append(np.cumsum([0, *sizes])[:-1].astype(np.int64))
-            labs = pf.read(columns=[options.label_column]).column(0).to_pylist()
+            labs = [value for g in range(meta.num_row_groups)
+                    for value in _read_row_group(f, pf, g, [options.label_column]).column(0).to_pylist()]
             for row, value in enumerate(labs):
                 if value is None:
                     raise DataError(
@@ -278,7 +346,6 @@ def index_parquet(spec: DatasetSpec, options: LoadOptions) -> Manifest:
 def read_parquet_rows(manifest: Manifest, rows: np.ndarray, out: np.ndarray) -> None:
     """Decode manifest ``rows`` into ``out[i]`` (uint8 [S, S, 3]), reading each row group once."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     size, column = manifest.image_size, manifest.image_column
     files = manifest.file_index[rows]
@@ -288,10 +355,10 @@ def read_parquet_rows(manifest: Manifest, rows: np.ndarray, out: np.ndarray) -> 
         starts = manifest.row_groups[f]
         group = np.searchsorted(starts, local, side="right") - 1
         path = Path(manifest.files[f])
-        pf = pq.ParquetFile(path)
+        pf = _open(path)
         for g in np.unique(group):
             sel = in_file[group == g]
-            col = pf.read_row_group(int(g), columns=[column]).column(0).combine_chunks()
+            col = _read_row_group(path, pf, int(g), [column]).column(0).combine_chunks()
             taken = col.take(pa.array(local[group == g] - starts[g]))
             blobs = _blobs(taken, manifest.image_kinds[f], path)
             for i, blob, row in zip(sel, blobs, local[group == g]):

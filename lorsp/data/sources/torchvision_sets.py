@@ -8,7 +8,6 @@ files are decoded once, resized to ``image_size``. torchvision is imported only 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import socket
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from lorsp.data.containers import ImageSplit
-from lorsp.data.decode import decode_many, decode_pil
+from lorsp.data.decode import decode_many, decode_pil, decode_reason
 from lorsp.data.sources.base import DatasetSpec, Loaded, LoadOptions
 from lorsp.errors import DataError
 
@@ -87,17 +86,27 @@ def _open_torchvision(name: str, cls: Any, root: str, kwargs: dict[str, Any]) ->
 
     The files are tried first without download so a prepared ``root`` never touches the
     network; the download gets a socket timeout (process-wide, restored afterwards) so an
-    unreachable host fails in seconds instead of hanging a trial.
+    unreachable host fails in seconds instead of hanging a trial. A set whose files are there but
+    cannot be read (a damaged file that torchvision's own checks let through) is reported as that,
+    not as a failed download.
     """
     # Not there or corrupted (torchvision raises RuntimeError, or whatever its parser hits): download.
-    with contextlib.suppress(Exception):
+    try:
         return cls(root=root, download=False, **kwargs)
+    except Exception as e:
+        unread = e
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_SOCKET_TIMEOUT_S)
     try:
         return cls(root=root, download=True, **kwargs)
     except Exception as e:
-        reason = (str(e).splitlines() or [""])[0][:200] or type(e).__name__
+        missing = "download=True" in str(unread) or isinstance(unread, FileNotFoundError)  # torchvision's words
+        if not missing:  # the files are there and failed to read: a download cannot be what is wrong
+            raise DataError(
+                f"cannot read {name} in {root} ({type(unread).__name__}: {_first_line(unread)}): its files "
+                f"there are damaged; delete its folder there to download {name} again"
+            ) from unread
+        reason = _first_line(e)
         raise DataError(
             f"cannot download {name} to {root} ({type(e).__name__}: {reason}): put the files there "
             "(data.root) or use imagefolder:/parquet:"
@@ -106,7 +115,39 @@ def _open_torchvision(name: str, cls: Any, root: str, kwargs: dict[str, Any]) ->
         socket.setdefaulttimeout(old)
 
 
-def _tv_part(name: str, ds: Any, layout: Layout, image_size: int) -> ImageSplit:
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [""])[0][:200] or type(err).__name__
+
+
+def _file_of(ds: Any, i: int) -> str | None:
+    """The file that holds image ``i`` of a torchvision set of files, where the set says (None if not)."""
+    for attr in ("samples", "_samples"):  # ImageFolder (EuroSAT), GTSRB: (path, label) pairs
+        items = getattr(ds, attr, None)
+        if isinstance(items, list) and i < len(items):
+            return str(items[i][0])
+    for attr in ("_image_files", "_images"):  # Flowers102, DTD, Food101, FGVCAircraft; OxfordIIITPet
+        items = getattr(ds, attr, None)
+        if isinstance(items, list) and i < len(items):
+            return str(items[i])
+    if all(hasattr(ds, a) for a in ("categories", "index", "y", "root")):  # Caltech101
+        return os.path.join(ds.root, "101_ObjectCategories", ds.categories[ds.y[i]], f"image_{ds.index[i]:04d}.jpg")
+    return None
+
+
+def _unreadable_file(name: str, ds: Any, i: int, root: str, err: BaseException) -> DataError:
+    """One line for an image of a torchvision set that cannot be read: its file where known, and the fix
+    (torchvision checks a set's archives or folders, not every image, so only a new download cures it)."""
+    path = _file_of(ds, i)
+    if path is None:
+        return DataError(f"cannot read image {i} of {name} in {root} ({_first_line(err)}); delete {name}'s "
+                         f"folder there to download it again")
+    rel = os.path.relpath(path, root)
+    folder = os.path.join(root, rel.split(os.sep)[0]) if not rel.startswith("..") else os.path.dirname(path)
+    return DataError(f"{path}: cannot decode the image ({decode_reason(err, path)}); image {i} of {name}: "
+                     f"delete {folder} to download {name} again")
+
+
+def _tv_part(name: str, ds: Any, layout: Layout, image_size: int, root: str) -> ImageSplit:
     """Extract a torchvision data set as uint8 tensors, straight from its arrays where it has them."""
     if layout == "hwc":
         images = torch.from_numpy(np.asarray(ds.data, dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
@@ -132,7 +173,7 @@ def _tv_part(name: str, ds: Any, layout: Layout, image_size: int) -> ImageSplit:
             except DataError:
                 raise
             except Exception as e:  # any decode failure is a data problem
-                raise DataError(f"cannot read image {i} of {name} ({e}); re-download it") from e
+                raise _unreadable_file(name, ds, i, root, e) from e
             labs[i] = int(lab)
             return arr
 
@@ -164,7 +205,7 @@ def load_torchvision(spec: DatasetSpec, options: LoadOptions) -> Loaded:
         extra = {**extra, "transform": functools.partial(decode_pil, size=image_size)}
     for part, kwargs in entry.parts.items():
         ds = _open_torchvision(name, cls, root, {**kwargs, **extra})
-        parts[part] = _tv_part(name, ds, entry.layout, image_size)
+        parts[part] = _tv_part(name, ds, entry.layout, image_size, root)
         if class_names is None:
             cn = getattr(ds, "classes", None) or getattr(ds, "categories", None)
             class_names = [str(c) for c in cn] if cn else None
