@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,3 +116,21 @@ def tracked_study(tmp_path_factory: pytest.TempPathFactory, local_ray):
     yield ctx
     for server in [ctx["server"], *ctx["servers"]]:
         server.kill()
+
+
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, timeout: float = 400.0,
+               what: str = "the study never reached the point to interrupt") -> None:
+    """Poll `ready()` every half second while the driver `proc` runs (a store that is not created yet
+    counts as not ready); on its end or after `timeout`, kill its group and fail with its output."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if ready():
+                return
+        except Exception:
+            pass  # the database or the study is not there yet
+        time.sleep(0.5)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    out, err = proc.communicate()
+    raise AssertionError(f"{what} (driver exit code {proc.returncode}): {(out or '')[-2000:]} {(err or '')[-3000:]}")

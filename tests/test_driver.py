@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from lorsp.config import load_study
-from tests.conftest import QUICKSTART, REPO
+from tests.conftest import QUICKSTART, REPO, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,18 +33,6 @@ def _trials(root: Path, name: str) -> list[optuna.trial.FrozenTrial]:
         return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'optuna.db'}").trials
     except KeyError:
         return []
-
-
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if predicate():
-                return
-        except Exception:
-            pass  # the database is being created
-        time.sleep(0.5)
-    raise AssertionError(f"never reached (driver exit code {proc.poll()})")
 
 
 def _mlflow_runs(root: Path, name: str) -> list:
@@ -68,7 +56,7 @@ def test_a_second_driver_is_refused_and_takes_over_once_the_first_is_killed(tmp_
     a = subprocess.Popen(_driver(root, "shared", "--num-samples", "2"), cwd=REPO, env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for(lambda: any(t.state.name == "RUNNING" and t.user_attrs.get("epochs_done", 0) >= 1
+        wait_until(lambda: any(t.state.name == "RUNNING" and t.user_attrs.get("epochs_done", 0) >= 1
                               for t in _trials(root, "shared")), a)
         os.kill(a.pid, signal.SIGSTOP)
         for extra in (["--resume"], []):
@@ -107,7 +95,7 @@ def test_a_signal_to_the_drivers_process_group_stops_the_study_cleanly(tmp_path,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
-        _wait_for(lambda: any(t.state.name == "RUNNING" and t.user_attrs.get("epochs_done", 0) >= 1
+        wait_until(lambda: any(t.state.name == "RUNNING" and t.user_attrs.get("epochs_done", 0) >= 1
                               for t in _trials(root, "hup")), proc)
         os.killpg(proc.pid, sig)
         out, err = proc.communicate(timeout=180)

@@ -26,7 +26,7 @@ import pytest
 
 from lorsp.config import ConfigError, StudyConfig
 from lorsp.uris import MASK, hint, is_masked, redact, redact_arg, require_secret, scrub, secrets_of
-from tests.conftest import QUICKSTART, REPO
+from tests.conftest import QUICKSTART, REPO, wait_until
 
 # ================================================================ the redaction, in milliseconds
 SPECIAL = "p@ss/w:rd%"  # every character that must be percent-encoded in the password of a URI
@@ -247,20 +247,8 @@ def _interrupt(args: list[str], storage_object, env: dict[str, str]) -> subproce
 
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            trials = optuna.load_study(study_name=NAME, storage=storage_object).trials
-        except KeyError:
-            continue  # not created yet
-        if any(t.state.name == "RUNNING" and 2 <= t.user_attrs.get("epochs_done", 0) <= EPOCHS - 10 for t in trials):
-            break
-    else:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"the study never reached the point to interrupt: {out[-2000:]} {err[-3000:]}")
+    wait_until(lambda: any(t.state.name == "RUNNING" and 2 <= t.user_attrs.get("epochs_done", 0) <= EPOCHS - 10
+                           for t in optuna.load_study(study_name=NAME, storage=storage_object).trials), proc)
     proc.send_signal(signal.SIGTERM)
     try:
         out, err = proc.communicate(timeout=180)

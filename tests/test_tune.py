@@ -14,7 +14,7 @@ import pytest
 
 from lorsp.config import ConfigError, load_study
 from lorsp.search import rdb_storage, storage_uri
-from tests.conftest import QUICKSTART, REPO, brute_force_front
+from tests.conftest import QUICKSTART, REPO, brute_force_front, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -270,23 +270,15 @@ def _interrupt(tmp_path: Path, sig: signal.Signals, *, trials: int,
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     url = f"sqlite:///{root / 'optuna.db'}"
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            trials = optuna.load_study(study_name="resumable", storage=url).trials
-        except Exception:
-            continue  # not created yet
+
+    def ready() -> bool:
+        trials = optuna.load_study(study_name="resumable", storage=url).trials
         complete = sum(t.state.name == "COMPLETE" for t in trials)
-        if complete >= finished and any(t.state.name == "RUNNING"
-                                        and 2 <= t.user_attrs.get("epochs_done", 0) <= EPOCHS - 10
-                                        for t in trials):
-            break
-    else:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"the study never reached the point to interrupt: {out[-2000:]} {err[-3000:]}")
+        return complete >= finished and any(t.state.name == "RUNNING"
+                                            and 2 <= t.user_attrs.get("epochs_done", 0) <= EPOCHS - 10
+                                            for t in trials)
+
+    wait_until(ready, proc)
     os.killpg(proc.pid, sig)  # to the whole group, as timeout, a terminal or a scheduler sends it
     try:
         out, err = proc.communicate(timeout=180)
