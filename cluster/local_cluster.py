@@ -381,7 +381,7 @@ def pg_uri(state: dict[str, Any], db: str) -> str:
 def _mlflow_start(state: dict[str, Any], env: dict[str, str]) -> subprocess.Popen:
     folder = Path(state["state_dir"])
     (folder / "artifacts").mkdir(exist_ok=True)
-    cmd = server_command(pg_uri(state, "mlflow"), folder / "artifacts", state["ports"]["mlflow"])
+    cmd, env = server_command(pg_uri(state, "mlflow"), folder / "artifacts", state["ports"]["mlflow"], env=env)
     with open(folder / "logs" / "mlflow.log", "ab") as log:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -8,6 +8,7 @@ Standard library only: no MLflow import is needed to start its server or to ask 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -19,14 +20,19 @@ from pathlib import Path
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def server_command(backend: str, artifacts: Path, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The `mlflow server` command line for a backend store and an artifact folder.
+def server_command(backend: str, artifacts: Path, port: int, host: str = "127.0.0.1",
+                   env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow server` command line for a backend store and an artifact folder, and its environment.
 
+    The backend store goes in the environment (`MLFLOW_BACKEND_STORE_URI`, which `mlflow server`
+    reads for `--backend-store-uri`), not on the command line: a database URI may carry a password,
+    and every user of the machine can read a process's command line (`ps`), not its environment.
     One worker: these servers have one user (a study driver, a browser), and every extra gunicorn
     worker is a process holding its own database connections.
     """
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-            "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port), "--workers", "1"]
+    argv = [sys.executable, "-m", "mlflow", "server", "--artifacts-destination", str(artifacts), "--host", host,
+            "--port", str(port), "--workers", "1"]
+    return argv, {**(os.environ if env is None else env), "MLFLOW_BACKEND_STORE_URI": backend}
 
 
 def answers(url: str, timeout: float = 2.0) -> bool:

@@ -114,7 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
     artifacts.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.port}"
     print(f"starting mlflow server on {redact(backend)} ...", flush=True)
-    server = ChildGroup(server_command(backend, artifacts, args.port), stdin=subprocess.DEVNULL)
+    argv, env = server_command(backend, artifacts, args.port)
+    server = ChildGroup(argv, env=env, stdin=subprocess.DEVNULL)
     try:
         views = view_lines(backend, url, args.name)  # while the server starts
         if not wait_until_up(url, server.process, args.timeout):

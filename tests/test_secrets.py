@@ -377,3 +377,12 @@ def test_no_password_anywhere_after_a_study_on_postgresql(postgres, tmp_path, lo
     leaks = sorted({name for name, data in records.items() for form in forms if form.encode() in data})
     assert not leaks, f"the password is in: {leaks}"
     assert sum(f"{ROLE}:***@".encode() in data for data in records.values()) >= 5  # it is there, redacted
+
+
+def test_an_mlflow_server_gets_its_database_uri_in_its_environment_not_on_its_command_line(tmp_path):
+    """Every user of the machine can read a process's command line (ps), not its environment."""
+    from lorsp.mlflow_server import server_command
+
+    uri = "postgresql://lorsp:Secret%40pw@127.0.0.1:5432/mlflow"
+    argv, env = server_command(uri, tmp_path / "artifacts", 5077)
+    assert "Secret" not in " ".join(argv) and env["MLFLOW_BACKEND_STORE_URI"] == uri

@@ -51,10 +51,8 @@ class Server:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         log = (self.folder / f"server-{self.port}.log").open("w")
-        self.process = ChildGroup(
-            server_command(f"sqlite:///{self.folder / 'mlflow.db'}", self.folder / "artifacts", self.port),
-            stdout=log, stderr=subprocess.STDOUT,
-        ).process
+        argv, env = server_command(f"sqlite:///{self.folder / 'mlflow.db'}", self.folder / "artifacts", self.port)
+        self.process = ChildGroup(argv, env=env, stdout=log, stderr=subprocess.STDOUT).process
         atexit.register(self.kill)
         return self
 
