@@ -168,6 +168,25 @@ def sampler_seed(study: StudyConfig, history: int) -> int:
     return int(np.random.SeedSequence([study.search.seed, history]).generate_state(1)[0])
 
 
+class PicklableNSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II that survives a pickle: Ray Tune pickles its searcher, sampler included, when the
+    experiment starts and at every snapshot, and Optuna 5.1's genetic-algorithm base keeps a thread
+    lock without a `__getstate__`, so a plain NSGAIISampler stopped every nsga2 study before its first
+    trial. The lock (a private attribute: the one place lorsp names it; tests/test_search.py fails
+    loudly if Optuna renames it) is left out of the pickle and made anew on loading."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import threading
+
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def create_sampler(study: StudyConfig, history: int = 0) -> optuna.samplers.BaseSampler:
     seed = sampler_seed(study, history)
     s = study.search
@@ -178,7 +197,7 @@ def create_sampler(study: StudyConfig, history: int = 0) -> optuna.samplers.Base
             # knobs that occur together; constant_liar keeps concurrent trials apart.
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
         if s.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
+            return PicklableNSGAII(seed=seed)
         if s.sampler == "gp":
             return optuna.samplers.GPSampler(seed=seed)
         return optuna.samplers.RandomSampler(seed=seed)

@@ -185,3 +185,14 @@ def test_a_new_study_carries_its_objective_names_and_a_refused_one_writes_nothin
     prepare_study(study, storage, resume=False)
     loaded = optuna.load_study(study_name="named", storage=storage)
     assert loaded.metric_names == [o.metric for o in study.objectives]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
+def test_every_sampler_survives_the_pickle_ray_tune_makes_of_its_searcher(sampler):
+    import pickle
+
+    from lorsp.search import create_sampler
+
+    study = load_study(QUICKSTART, [f"search.sampler={sampler}"])
+    copy = pickle.loads(pickle.dumps(create_sampler(study)))
+    assert type(copy) is type(create_sampler(study))
