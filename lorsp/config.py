@@ -216,10 +216,12 @@ class EvalConfig(_Section):
 #: categorical knob, choices on a float one) would be silently ignored by the sampler, so
 #: :class:`SpaceParam` refuses it instead: the study would run, but not the search that was written.
 KNOB_KEYS: dict[str, tuple[str, ...]] = {
-    "int": ("low", "high", "log", "step", "default"),
-    "float": ("low", "high", "log", "step", "default"),
+    "int": ("low", "high", "log", "step", "default", "per_method"),
+    "float": ("low", "high", "log", "step", "default", "per_method"),
     "categorical": ("choices", "default", "balanced"),
 }
+#: What a numeric knob's `per_method` entry may change: its range and its default.
+RANGE_KEYS: tuple[str, ...] = ("low", "high", "log", "step", "default")
 
 
 def _foreign_key_problem(kind: str, key: str) -> str:
@@ -251,6 +253,12 @@ class SpaceParam(_Section):
     """Categorical only: give every choice the same number of trials (e.g. one budget per method)
     instead of letting the sampler favour one; the other knobs are still sampled. Several balanced
     knobs share the budget among their combinations (see `lorsp.search.balanced_cells`)."""
+    per_method: dict[str, dict[str, Any]] = {}
+    """Int and float only: method -> its own `low`, `high`, `log`, `step` and/or `default` for a knob
+    that several methods read, where one range cannot serve them all (a linear probe's lr is 5-10x
+    a prompt's). Keys left out are the knob's own. The search samples each method from its range
+    (as its own Optuna parameter, see `lorsp.search.param_name`) and a single run of that method
+    uses its default."""
 
     @model_validator(mode="before")
     @classmethod
@@ -269,7 +277,10 @@ class SpaceParam(_Section):
     def _own_keys_dumped(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # A dump is read back (stored studies, every trial's config): it carries only the keys
         # its type accepts, or the strict check above would refuse lorsp's own output.
-        return {k: v for k, v in handler(self).items() if k == "type" or k in KNOB_KEYS[self.type]}
+        dumped = {k: v for k, v in handler(self).items() if k == "type" or k in KNOB_KEYS[self.type]}
+        if not dumped.get("per_method", True):
+            del dumped["per_method"]  # the default: left out, as a study file leaves it out
+        return dumped
 
     @model_validator(mode="after")
     def _consistent(self) -> SpaceParam:
@@ -300,10 +311,42 @@ class SpaceParam(_Section):
                 raise ValueError(f"default {self.default!r} is not a number")
             if not self.low <= self.default <= self.high:
                 raise ValueError(f"default {self.default} lies outside [{self.low}, {self.high}]")
+        for method in self.per_method:
+            self._check_method_range(method)
         return self
 
-    def value(self) -> Any:
-        """The value a single run uses: `default`, else the middle of the range or the first choice."""
+    def _check_method_range(self, method: str) -> None:
+        """Refuse a `per_method` entry that names no method, changes more than the range, or is
+        not a valid knob of its own; the message says which entry."""
+        where = f"per_method.{method}"
+        if method not in PROMPT_METHODS:
+            raise ValueError(_unknown("per_method", method, PROMPT_METHODS, what="method"))
+        override = self.per_method[method]
+        for key in sorted(map(str, override)):
+            if key not in RANGE_KEYS:
+                raise ValueError(f"{where}: '{key}' cannot differ by method; {where} accepts "
+                                 f"{', '.join(RANGE_KEYS)}: remove '{key}'")
+        self.for_method(method)
+
+    def for_method(self, method: str) -> SpaceParam:
+        """This knob as `method` sees it: its `per_method` range and default over the shared ones."""
+        override = self.per_method.get(method)
+        if not override:
+            return self.model_copy(update={"per_method": {}})
+        base = {k: v for k, v in self.model_dump().items() if k != "per_method"}
+        try:
+            return SpaceParam.model_validate({**base, **override})
+        except ValidationError as err:
+            problem = err.errors()[0]["msg"].removeprefix("Value error, ")
+            if problem.startswith("default") and "default" not in override:
+                problem = f"the knob's {problem}: give per_method.{method} its own default"
+            raise ValueError(f"per_method.{method}: {problem}") from None
+
+    def value(self, method: str | None = None) -> Any:
+        """The value a single run (of `method`, when given) uses: `default`, else the middle of the
+        range or the first choice; `method`'s own range and default where `per_method` has them."""
+        if method is not None and method in self.per_method:
+            return self.for_method(method).value()
         if self.default is not None:
             return int(self.default) if self.type == "int" else self.default
         if self.type == "categorical":
@@ -468,8 +511,10 @@ class StudyConfig(_Section):
         return _validate(raw)
 
     def resolved(self) -> StudyConfig:
-        """The single-run configuration: fixed settings plus every space knob's default."""
-        return self.with_params({k: p.value() for k, p in self.space.items()})
+        """The single-run configuration: fixed settings plus every space knob's default, the
+        run's method's own default where the knob has one (`per_method`)."""
+        method = self.space["method"].value() if "method" in self.space else self.prompt.method
+        return self.with_params({k: p.value(method) for k, p in self.space.items()})
 
     def redacted(self) -> StudyConfig:
         """The study as lorsp records it (MLflow, Optuna, checkpoints, exports) and as trials receive

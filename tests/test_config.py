@@ -26,6 +26,45 @@ def test_set_overrides_fixed_setting_and_pins_knob():
     assert run.prompt.rank == 7 and run.train.epochs == 3
 
 
+def test_a_single_run_uses_its_methods_own_default():
+    """The quickstart's lr has the probe's own range and default (`per_method`): a probe run uses
+    it, a prompt run the shared one, however the method is chosen."""
+    study = load_study(QUICKSTART)
+    probe = study.space["lr"].per_method["none"]
+    assert study.resolved().train.lr == study.space["lr"].default == 0.05  # lorsp, the method's default
+    assert load_study(QUICKSTART, ["prompt.method=none"]).resolved().train.lr == probe["default"] == 0.3
+    assert load_study(QUICKSTART, ["space.method.default=none"]).resolved().train.lr == 0.3
+    assert load_study(QUICKSTART, ["prompt.method=lorvp"]).resolved().train.lr == 0.05
+    assert load_study(QUICKSTART, ["prompt.method=none", "train.lr=0.7"]).resolved().train.lr == 0.7  # --set wins
+    none = study.space["lr"].for_method("none")
+    assert (none.low, none.high, none.log, none.default) == (0.1, 1.0, True, 0.3)
+    assert study.space["lr"].for_method("lorsp") == study.space["lr"].model_copy(update={"per_method": {}})
+
+
+_LR = {"type": "float", "low": 0.005, "high": 0.25, "log": True, "default": 0.05}
+
+
+@pytest.mark.parametrize(
+    ("per_method", "expected"),
+    [
+        ({"nonee": {"default": 0.3}}, "space.lr: unknown method 'nonee' for per_method (did you mean 'none'?)"),
+        ({"none": {"choices": [0.3]}},
+         "space.lr: per_method.none: 'choices' cannot differ by method; per_method.none accepts low, high, log, "
+         "step, default: remove 'choices'"),
+        ({"none": {"low": 0.1, "high": 1.0}},
+         "space.lr: per_method.none: the knob's default 0.05 lies outside [0.1, 1.0]: give per_method.none its "
+         "own default"),
+        ({"none": {"low": 2.0, "high": 1.0, "default": 1.0}}, "space.lr: per_method.none: empty range"),
+        ({"none": {"default": 0.5}}, "space.lr: per_method.none: default 0.5 lies outside [0.005, 0.25]"),
+        ({"none": {"step": 0.1}}, "space.lr: per_method.none: a log-scale knob cannot have a step"),
+    ],
+)
+def test_a_bad_per_method_entry_is_one_line(write_study, per_method, expected):
+    with pytest.raises(ConfigError) as err:
+        load_study(write_study({"space.lr": {**_LR, "per_method": per_method}}))
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+
+
 def test_vit_study_parses():
     study = load_study(REPO / "search_spaces" / "vit.yaml")
     assert study.backbone.model.startswith("vit_base_patch16_224")
@@ -87,6 +126,7 @@ _CATEGORICAL = {"type": "categorical", "choices": ["lorsp", "lorvp"]}
         ("method", {**_CATEGORICAL, "low": 1}, "low"),
         ("method", {**_CATEGORICAL, "log": True}, "log"),
         ("method", {**_CATEGORICAL, "step": 1}, "step"),
+        ("method", {**_CATEGORICAL, "per_method": {"none": {}}}, "per_method"),
         ("threshold", {**_FLOAT, "balanced": False}, "balanced"),
         ("rank", {**_INT, "choices": [1, 2]}, "choices"),
         ("rank", {**_INT, "balanced": True}, "balanced"),
@@ -99,7 +139,8 @@ def test_a_key_of_another_knob_type_is_refused_in_one_line(write_study, knob, sp
         load_study(path)
     message = str(err.value)
     assert message.startswith(f"space.{knob}: '{key}' is not a key of a")
-    accepted = {"int": "low, high, log, step, default", "float": "low, high, log, step, default",
+    numeric = "low, high, log, step, default, per_method"
+    accepted = {"int": numeric, "float": numeric,
                 "categorical": "choices, default, balanced"}[kind]
     assert f"knob accepts type, {accepted}: remove '{key}'" in message
     assert "\n" not in message
@@ -130,7 +171,7 @@ def test_cli_refuses_a_foreign_knob_key_before_any_trial(write_study, module, ca
     assert importlib.import_module(module).main([flag, str(path)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == ["error: space.threshold: 'choices' is not a key of a float knob ('choices' is for "
-                     "categorical knobs); a float knob accepts type, low, high, log, step, default: "
+                     "categorical knobs); a float knob accepts type, low, high, log, step, default, per_method: "
                      "remove 'choices'"]
 
 
@@ -240,6 +281,8 @@ def test_stored_configs_of_earlier_versions_still_load():
     old["space"]["lr"].update(choices=None, balanced=False)
     assert stored_study(old).space == load_study(QUICKSTART).space
     assert "low" not in study.model_dump()["space"]["method"]  # lorsp's own dumps read back
+    assert study.space["lr"].per_method == {"none": {"low": 0.1, "high": 1.0, "default": 0.3}}
+    assert "per_method" not in study.model_dump()["space"]["rank"]  # left out where unused
     old["data"]["augment"] = False
     assert stored_study(old).data.augment == "none"
     old["objectives"] = [{"metric": "test_acc", "mode": "max"}]
