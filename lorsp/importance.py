@@ -23,6 +23,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from lorsp.search import knob_name
+
 MIN_TRIALS = 3
 """Fewer full-budget trials than this say nothing about a method's knobs."""
 
@@ -60,7 +62,8 @@ def knob_importances(study: optuna.Study, objectives: list[str], method_param: s
                     scores = optuna.importance.get_param_importances(
                         sub, params=knobs, target=lambda t, i=i: t.values[i],
                         evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), normalize=True)
-            rows += [Importance(method, objective, k, float(scores.get(k, 0.0)), len(trials)) for k in knobs]
+            rows += [Importance(method, objective, knob_name(k), float(scores.get(k, 0.0)), len(trials))
+                     for k in knobs]  # `lr@none` is the probe's own lr: shown as lr
     return rows
 
 

@@ -75,9 +75,45 @@ def used_knobs(study: StudyConfig, method: str) -> list[str]:
 
 
 def check_space(study: StudyConfig) -> None:
-    """Refuse a space that cannot be searched, before Ray starts."""
+    """Refuse a space that cannot be searched, before Ray starts: an empty one, or a `per_method`
+    range for a method that does not read the knob (it would never be used)."""
     if not study.space:
         raise ConfigError("space: is empty; a search needs at least one knob (see search_spaces/quickstart.yaml)")
+    owned = method_knobs()
+    for name, knob in study.space.items():
+        section, field = space_target(name)
+        for method in knob.per_method:
+            if section == "prompt" and field not in owned[method]:
+                reads = ", ".join(owned[method]) or "no prompt knob"
+                raise ConfigError(f"space.{name}.per_method.{method}: {method} does not read {name} "
+                                  f"(it reads {reads}); remove that entry")
+
+
+PARAM_SEP = "@"
+"""Between a knob and a method in the Optuna parameter of a method's own range (`lr@none`)."""
+
+
+def param_name(study: StudyConfig, knob: str, method: str) -> str:
+    """The Optuna parameter under which a trial of `method` samples `knob`: the knob's name, or
+    `knob@method` where the knob has a `per_method` range for that method.
+
+    Why a name of its own: Optuna accepts one name with different ranges in different trials, but
+    TPE's group decomposition keeps the first range it saw for a name and models every trial's
+    values of it together, so the probe's lr would be proposed from (and fitted with) the prompts'
+    range. Under its own name each method's range is its own dimension. Everything past Optuna
+    (the trial's config, records, MLflow, exports) reads the knob's name: :func:`knob_params`.
+    """
+    return f"{knob}{PARAM_SEP}{method}" if method in study.space[knob].per_method else knob
+
+
+def knob_name(param: str) -> str:
+    """The knob an Optuna parameter samples (`lr@none` -> `lr`); space keys never contain the separator."""
+    return param.split(PARAM_SEP, 1)[0]
+
+
+def knob_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's Optuna parameters named by the knobs they set (`{"lr@none": 0.3}` -> `{"lr": 0.3}`)."""
+    return {knob_name(name): value for name, value in params.items()}
 
 
 def unused_knobs(study: StudyConfig) -> list[str]:
@@ -88,7 +124,8 @@ def unused_knobs(study: StudyConfig) -> list[str]:
 
 
 class ConditionalSpace:
-    """Optuna's define-by-run space: the method first, then only the knobs it uses.
+    """Optuna's define-by-run space: the method first, then only the knobs it uses, each from
+    that method's range (:func:`param_name`).
 
     A class rather than a closure because Tune pickles its searcher (and so this) into every
     experiment snapshot.
@@ -97,15 +134,18 @@ class ConditionalSpace:
     def __init__(self, study: StudyConfig) -> None:
         check_space(study)
         self.default_method = study.prompt.method
-        self.distributions = {name: _distribution(knob) for name, knob in study.space.items()}
-        self.per_method = {m: used_knobs(study, m) for m in study_methods(study)}
+        self.method = _distribution(study.space["method"]) if "method" in study.space else None
+        self.per_method = {
+            m: {param_name(study, n, m): _distribution(study.space[n].for_method(m)) for n in used_knobs(study, m)}
+            for m in study_methods(study)
+        }
 
     def __call__(self, trial: Any) -> None:
         method = self.default_method
-        if "method" in self.distributions:
-            method = _suggest(trial, "method", self.distributions["method"])
-        for name in self.per_method[method]:
-            _suggest(trial, name, self.distributions[name])
+        if self.method is not None:
+            method = _suggest(trial, "method", self.method)
+        for name, dist in self.per_method[method].items():
+            _suggest(trial, name, dist)
 
 
 def _suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
@@ -146,7 +186,7 @@ def next_balanced_cell(found: optuna.Study, cells: list[dict[str, Any]]) -> dict
     failed and stopped ones included, because each spent a share of the budget."""
 
     def params(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-        return {**t.system_attrs.get("fixed_params", {}), **t.params}
+        return knob_params({**t.system_attrs.get("fixed_params", {}), **t.params})
 
     trials = [params(t) for t in found.get_trials(deepcopy=False)]
     counts = [sum(all(p.get(k) == v for k, v in cell.items()) for p in trials) for cell in cells]
@@ -365,7 +405,7 @@ def record_of(t: optuna.trial.FrozenTrial, metric_names: list[str]) -> TrialReco
     if t.values is not None:
         values.update(dict(zip(metric_names, t.values)))
     return TrialRecord(
-        number=t.number, params=dict(t.params), values=values, state=t.state.name,
+        number=t.number, params=knob_params(t.params), values=values, state=t.state.name,
         epochs_done=int(attrs.get(EPOCHS_DONE, 0) or 0), tune_trial_id=attrs.get(TUNE_TRIAL_ID),
         checkpoint_path=attrs.get(CHECKPOINT), error=attrs.get(ERROR),
         interruptions=int(attrs.get(INTERRUPTIONS, 0) or 0),

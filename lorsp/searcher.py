@@ -32,6 +32,7 @@ from lorsp.search import (
     ConditionalSpace,
     balanced_cells,
     create_sampler,
+    knob_params,
     mark_interrupted,
     next_balanced_cell,
 )
@@ -53,6 +54,7 @@ class StudySearcher(OptunaSearch):
         params = super().suggest(trial_id)
         if not isinstance(params, dict):
             return params
+        params = knob_params(params)  # `lr@none` is Optuna's name for the probe's lr; the trial sets lr
         ot_trial = self._ot_trials[trial_id]
         attrs = ot_trial.user_attrs
         ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)

@@ -26,6 +26,45 @@ def test_set_overrides_fixed_setting_and_pins_knob():
     assert run.prompt.rank == 7 and run.train.epochs == 3
 
 
+def test_a_single_run_uses_its_methods_own_default():
+    """The quickstart's lr has the probe's own range and default (`per_method`): a probe run uses
+    it, a prompt run the shared one, however the method is chosen."""
+    study = load_study(QUICKSTART)
+    probe = study.space["lr"].per_method["none"]
+    assert study.resolved().train.lr == study.space["lr"].default == 0.05  # lorsp, the method's default
+    assert load_study(QUICKSTART, ["prompt.method=none"]).resolved().train.lr == probe["default"] == 0.3
+    assert load_study(QUICKSTART, ["space.method.default=none"]).resolved().train.lr == 0.3
+    assert load_study(QUICKSTART, ["prompt.method=lorvp"]).resolved().train.lr == 0.05
+    assert load_study(QUICKSTART, ["prompt.method=none", "train.lr=0.7"]).resolved().train.lr == 0.7  # --set wins
+    none = study.space["lr"].for_method("none")
+    assert (none.low, none.high, none.log, none.default) == (0.1, 1.0, True, 0.3)
+    assert study.space["lr"].for_method("lorsp") == study.space["lr"].model_copy(update={"per_method": {}})
+
+
+_LR = {"type": "float", "low": 0.005, "high": 0.25, "log": True, "default": 0.05}
+
+
+@pytest.mark.parametrize(
+    ("per_method", "expected"),
+    [
+        ({"nonee": {"default": 0.3}}, "space.lr: unknown method 'nonee' for per_method (did you mean 'none'?)"),
+        ({"none": {"choices": [0.3]}},
+         "space.lr: per_method.none: 'choices' cannot differ by method; per_method.none accepts low, high, log, "
+         "step, default: remove 'choices'"),
+        ({"none": {"low": 0.1, "high": 1.0}},
+         "space.lr: per_method.none: the knob's default 0.05 lies outside [0.1, 1.0]: give per_method.none its "
+         "own default"),
+        ({"none": {"low": 2.0, "high": 1.0, "default": 1.0}}, "space.lr: per_method.none: empty range"),
+        ({"none": {"default": 0.5}}, "space.lr: per_method.none: default 0.5 lies outside [0.005, 0.25]"),
+        ({"none": {"step": 0.1}}, "space.lr: per_method.none: a log-scale knob cannot have a step"),
+    ],
+)
+def test_a_bad_per_method_entry_is_one_line(write_study, per_method, expected):
+    with pytest.raises(ConfigError) as err:
+        load_study(write_study({"space.lr": {**_LR, "per_method": per_method}}))
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+
+
 def test_vit_study_parses():
     study = load_study(REPO / "search_spaces" / "vit.yaml")
     assert study.backbone.model.startswith("vit_base_patch16_224")
@@ -47,7 +86,7 @@ def test_vit_study_parses():
         ({"objectives": [{"metric": "speed", "mode": "max"}]}, "objectives.metric"),
         ({"objectives": [{"metric": "test_acc", "mode": "max"}]}, "test split, which never selects"),
         ({"search.scheduler": {"type": "asha", "metric": "test_acc"}}, "search.scheduler.metric: 'test_acc'"),
-        ({"space.lr.balanced": True}, "balanced: true"),
+        ({"space.lr.balanced": True}, "space.lr: 'balanced' is not a key of a float knob"),
         ({"objectives": [{"metric": "val_acc"}, {"metric": "val_acc"}]}, "each metric once"),
         ({"resources.launcher": "fork"}, "resources.launcher"),
         ({"resources.launcher": "inline", "resources.workers_per_trial": 2}, "launcher: ray_train"),
@@ -70,6 +109,70 @@ def test_bad_config_is_one_line(write_study, overrides, expected):
     message = str(err.value)
     assert expected in message
     assert "\n" not in message
+
+
+_FLOAT = {"type": "float", "low": 0.05, "high": 2.0}
+_INT = {"type": "int", "low": 1, "high": 8}
+_CATEGORICAL = {"type": "categorical", "choices": ["lorsp", "lorvp"]}
+
+
+@pytest.mark.parametrize(
+    ("knob", "spec", "key"),
+    [
+        # The issue's two cases: both ran a whole study with the stray keys ignored.
+        ("method", {**_CATEGORICAL, "low": 10, "high": 1}, "high"),  # the first stray key by name
+        ("threshold", {**_FLOAT, "choices": [0.1, 0.5]}, "choices"),
+        # Every other key of another type, per type.
+        ("method", {**_CATEGORICAL, "low": 1}, "low"),
+        ("method", {**_CATEGORICAL, "log": True}, "log"),
+        ("method", {**_CATEGORICAL, "step": 1}, "step"),
+        ("method", {**_CATEGORICAL, "per_method": {"none": {}}}, "per_method"),
+        ("threshold", {**_FLOAT, "balanced": False}, "balanced"),
+        ("rank", {**_INT, "choices": [1, 2]}, "choices"),
+        ("rank", {**_INT, "balanced": True}, "balanced"),
+    ],
+)
+def test_a_key_of_another_knob_type_is_refused_in_one_line(write_study, knob, spec, key):
+    kind = spec["type"]
+    path = write_study({f"space.{knob}": spec})
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    message = str(err.value)
+    assert message.startswith(f"space.{knob}: '{key}' is not a key of a")
+    numeric = "low, high, log, step, default, per_method"
+    accepted = {"int": numeric, "float": numeric,
+                "categorical": "choices, default, balanced"}[kind]
+    assert f"knob accepts type, {accepted}: remove '{key}'" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({**_FLOAT, "hihg": 3.0}, "space.lr: 'hihg' is not a key of a float knob (did you mean 'high'?)"),
+        ({**_FLOAT, "type": "bool"}, "space.lr.type: Input should be 'int', 'float' or 'categorical'"),
+        ({**_FLOAT, "log": True, "step": 0.1}, "space.lr: a log-scale knob cannot have a step"),
+        ({**_FLOAT, "step": 0}, "space.lr: step must be > 0"),
+        ({**_INT, "step": 1.5}, "space.lr: an int knob needs a whole-number `step`"),
+    ],
+)
+def test_unknown_keys_and_types_and_bad_steps_are_one_line(write_study, spec, expected):
+    with pytest.raises(ConfigError) as err:
+        load_study(write_study({"space.lr": spec}))
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("module", ["lorsp.train", "lorsp.tune"])
+def test_cli_refuses_a_foreign_knob_key_before_any_trial(write_study, module, capsys):
+    import importlib
+
+    path = write_study({"space.threshold": {**_FLOAT, "choices": [0.1, 0.5]}})
+    flag = "--config" if module == "lorsp.train" else "--space"
+    assert importlib.import_module(module).main([flag, str(path)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["error: space.threshold: 'choices' is not a key of a float knob ('choices' is for "
+                     "categorical knobs); a float knob accepts type, low, high, log, step, default, per_method: "
+                     "remove 'choices'"]
 
 
 def test_launcher_auto_uses_ray_train_only_for_ddp_trials():
@@ -172,6 +275,14 @@ def test_stored_configs_of_earlier_versions_still_load():
     old["data"]["num_workers"] = 4
     study = stored_study(json.dumps(old))
     assert study.data.augment == "crop_flip"  # what `true` trained with
+    assert study.space == load_study(QUICKSTART).space
+    # Earlier versions dumped every key of every knob type; those keys were ignored then, and are now.
+    old["space"]["method"].update(low=None, high=None, log=False, step=None)
+    old["space"]["lr"].update(choices=None, balanced=False)
+    assert stored_study(old).space == load_study(QUICKSTART).space
+    assert "low" not in study.model_dump()["space"]["method"]  # lorsp's own dumps read back
+    assert study.space["lr"].per_method == {"none": {"low": 0.1, "high": 1.0, "default": 0.3}}
+    assert "per_method" not in study.model_dump()["space"]["rank"]  # left out where unused
     old["data"]["augment"] = False
     assert stored_study(old).data.augment == "none"
     old["objectives"] = [{"metric": "test_acc", "mode": "max"}]

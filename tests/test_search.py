@@ -17,6 +17,7 @@ from lorsp.search import (
     ConditionalSpace,
     balanced_cells,
     create_sampler,
+    knob_params,
     mark_interrupted,
     method_knobs,
     next_balanced_cell,
@@ -46,7 +47,7 @@ def test_each_method_samples_only_the_knobs_it_reads(tmp_path):
         trial = ot.ask()
         space(trial)
         method = trial.params["method"]
-        seen.setdefault(method, set()).add(frozenset(trial.params) - {"method"})
+        seen.setdefault(method, set()).add(frozenset(knob_params(trial.params)) - {"method"})
         ot.tell(trial, 0.5)
     assert seen == {
         "lorsp": {frozenset({"rank", "timesteps", "threshold", "decay", "surrogate_slope", "lr"})},
@@ -54,6 +55,38 @@ def test_each_method_samples_only_the_knobs_it_reads(tmp_path):
         "pad": {frozenset({"pad_width", "lr"})},
         "none": {frozenset({"lr"})},
     }
+
+
+def test_per_method_ranges_are_sampled_as_their_own_parameters_in_the_storage(tmp_path):
+    """The probe's lr from its range, the prompts' from theirs, with the study's own TPE sampler on
+    a real RDB storage: the ranges do not overlap, so a value from the wrong one would show."""
+    study = _study(tmp_path, "space.lr={type: float, low: 1.0e-3, high: 0.05, log: true, default: 0.01,"
+                             " per_method: {none: {low: 0.2, high: 1.0, default: 0.5}}}")
+    storage = rdb_storage(storage_uri(study))
+    prepare_study(study, storage, resume=False)
+    ot = optuna.load_study(study_name=study.name, storage=storage, sampler=create_sampler(study))
+    space, cells = ConditionalSpace(study), balanced_cells(study)
+    for i in range(16):  # past TPE's 10 start-up trials, so its model proposes too
+        ot.enqueue_trial(next_balanced_cell(ot, cells))
+        trial = ot.ask()
+        space(trial)
+        ot.tell(trial, [1.0 - i / 16, 0.0, 1.0])
+    stored = optuna.load_study(study_name=study.name, storage=storage_uri(study)).trials
+    probe = [t for t in stored if t.params["method"] == "none"]
+    prompts = [t for t in stored if t.params["method"] != "none"]
+    assert len(probe) == 4 and len(prompts) == 12
+    assert all(set(t.params) == {"method", "lr@none"} and 0.2 <= t.params["lr@none"] <= 1.0 for t in probe)
+    assert all("lr@none" not in t.params and 1.0e-3 <= t.params["lr"] <= 0.05 for t in prompts)
+    # Everything past Optuna reads the knob's name.
+    assert all(knob_params(t.params) == {"method": "none", "lr": t.params["lr@none"]} for t in probe)
+
+
+def test_a_per_method_range_for_a_method_that_ignores_the_knob_is_refused(tmp_path):
+    study = _study(tmp_path, "space.rank.per_method={none: {low: 2, high: 4}}")
+    with pytest.raises(ConfigError) as err:
+        ConditionalSpace(study)
+    assert str(err.value) == ("space.rank.per_method.none: none does not read rank (it reads no prompt knob); "
+                              "remove that entry")
 
 
 def test_knob_ownership_comes_from_the_prompters():

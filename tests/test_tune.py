@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from lorsp.config import ConfigError, load_study
 from lorsp.search import rdb_storage, storage_uri
@@ -52,6 +53,40 @@ def test_quickstart_study_end_to_end_pareto(tmp_path, local_ray):
         # One-worker trials train inline; their stored checkpoint path reaches Optuna as Ray Train's does.
         assert (Path(r.checkpoint_path) / "prompt.safetensors").is_file(), r
     assert len({r.tune_trial_id for r in records}) == 4
+
+
+def test_each_method_samples_lr_from_its_own_range_in_the_stored_study(tmp_path, local_ray):
+    """`per_method`: the probe's trials draw lr from the probe's range, the prompts' from theirs
+    (ranges that do not overlap, so a value drawn from the wrong one would show); Optuna stores the
+    probe's as its own parameter, and every trial's record and config read `lr`."""
+    from optuna.distributions import FloatDistribution
+
+    from lorsp.tune import run_study
+
+    study = _study(tmp_path, "per-method", [
+        "train.epochs=1", "search.num_samples=4", "search.max_concurrent=2",
+        "space.method={type: categorical, choices: [lorvp, none], balanced: true}",
+        "space.lr={type: float, low: 1.0e-3, high: 0.05, log: true, default: 0.01,"
+        " per_method: {none: {low: 0.2, high: 1.0, default: 0.5}}}",
+    ])
+    records = run_study(study).records
+    assert [r.state for r in records] == ["COMPLETE"] * 4, [(r.state, r.error) for r in records]
+    stored = optuna.load_study(study_name="per-method", storage=storage_uri(study)).trials
+    by_method: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in stored:
+        by_method.setdefault(t.params["method"], []).append(t)
+    assert sorted(by_method) == ["lorvp", "none"] and all(len(ts) == 2 for ts in by_method.values())
+    for t in by_method["none"]:
+        assert set(t.params) == {"method", "lr@none"} and 0.2 <= t.params["lr@none"] <= 1.0
+        assert t.distributions["lr@none"] == FloatDistribution(0.2, 1.0, log=True)
+    for t in by_method["lorvp"]:
+        assert set(t.params) == {"method", "rank", "lr"} and 1.0e-3 <= t.params["lr"] <= 0.05
+        assert t.distributions["lr"] == FloatDistribution(1.0e-3, 0.05, log=True)
+    for r in records:  # what the Pareto tables, MLflow and exports read, and what the trial trained with
+        sampled = stored[r.number].params
+        assert r.params["lr"] == sampled.get("lr", sampled.get("lr@none")) and "lr@none" not in r.params
+        trained = yaml.safe_load((Path(r.checkpoint_path) / "config.yaml").read_text())
+        assert trained["train"]["lr"] == r.params["lr"]
 
 
 def test_inline_trial_whose_process_dies_resumes_from_its_checkpoint(tmp_path, local_ray):
