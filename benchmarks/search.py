@@ -213,9 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     tick = time.time()
     try:
         with tempfile.TemporaryDirectory(prefix="lorsp-search-bench-") as root:
+            # Every study reads the same snapshot of the study file, however long the run and whatever
+            # happens to the file meanwhile.
+            space = Path(root) / "space.yaml"
+            space.write_text(args.space.read_text())
             for seed in range(args.seeds):
                 for arm in args.arms:
-                    run = run_arm(args.space, arm, seed, args, Path(root))
+                    run = run_arm(space, arm, seed, args, Path(root))
                     runs.append(run)
                     states = [t["state"] for t in run["trials"]]
                     print(f"[{time.time() - tick:.0f}s] {arm} seed {seed}: {states.count('COMPLETE')} complete, "
