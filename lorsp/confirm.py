@@ -307,7 +307,7 @@ def record_in_mlflow(study: StudyConfig, confirmations: list[Confirmation], file
                           f"python -m lorsp.tracking relog --name {study.name}")
     parent_id = parent.info.run_id
     existing = {r.data.tags.get("lorsp.confirm_trial"): r for r in
-                store._search(f"tags.`{ROLE}` = 'confirm'") if r.data.tags.get(PARENT_ID) == parent_id}
+                store.search_runs(f"tags.`{ROLE}` = 'confirm'") if r.data.tags.get(PARENT_ID) == parent_id}
     for c in confirmations:
         run = existing.get(str(c.trial))
         if run is None:
@@ -317,7 +317,7 @@ def record_in_mlflow(study: StudyConfig, confirmations: list[Confirmation], file
             store.log_params(run_id, c.params)
         else:
             run_id = run.info.run_id
-        seeds = {r.data.tags.get("lorsp.seed") for r in store._search(f"tags.`{PARENT_ID}` = '{run_id}'")}
+        seeds = {r.data.tags.get("lorsp.seed") for r in store.search_runs(f"tags.`{PARENT_ID}` = '{run_id}'")}
         for seed, metrics in sorted(c.runs.items()):
             if str(seed) in seeds:
                 continue

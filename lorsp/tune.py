@@ -672,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     with Interruption() as interruption:
         try:
             study = load_study(args.space, overrides)
-            from lorsp.tracking import finish_study, is_server, probe_server, tracking_uri, tune_callbacks
+            from lorsp.tracking import finish_study, is_server, probe_server, tracking_uri
+            from lorsp.tracking.callback import tune_callbacks
 
             if is_server(tracking_uri(study)):
                 probe_server(tracking_uri(study))  # a dead server is one line in seconds, before Ray starts

@@ -208,7 +208,8 @@ def test_a_streamed_trial_fails_once_naming_the_damaged_shard(damaged_parquet: P
     import mlflow
     import ray.tune
 
-    from lorsp.tracking import tracking_uri, tune_callbacks
+    from lorsp.tracking import tracking_uri
+    from lorsp.tracking.callback import tune_callbacks
     from lorsp.tune import run_study
 
     study = load_study(QUICKSTART, [*RUN, f"data.dataset=parquet:{damaged_parquet}", "data.stream=true",

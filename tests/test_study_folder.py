@@ -36,7 +36,8 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a prox
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, local_ray) -> dict[str, Any]:
-    from lorsp.tracking import finish_study, tracking_uri, tune_callbacks
+    from lorsp.tracking import finish_study, tracking_uri
+    from lorsp.tracking.callback import tune_callbacks
     from lorsp.tune import run_study
 
     base = tmp_path_factory.mktemp("study-folder")
