@@ -161,7 +161,8 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
     from lorsp.metrics import reported
     from lorsp.outcome import outcome_of
     from lorsp.search import TRIAL_KEY, default_root
-    from lorsp.tune import JOB_KEY, init_ray, quiet_tune_console, share_data, trainable
+    from lorsp.trial import JOB_KEY, TRIAL_RETRIES, share_data, trainable
+    from lorsp.tune import QUIET_TUNE_CONSOLE, init_ray, tune_environment
 
     jobs = _jobs(study, confirmations, seeds)
     if not jobs:
@@ -193,19 +194,19 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
             print(f"confirm: trial {job['number']} seed {job['seed']} {outcome.reason}  {shown}", flush=True)
 
     storage_path = str(default_root(study) / "ray")
-    quiet_tune_console()
     print(f"confirm: {len(jobs)} runs ({len(confirmations)} configurations x seeds {seeds}, "
           f"{study.search.max_concurrent} at a time)", flush=True)
-    tuner = tune.Tuner(
-        trainable(study, splits_ref, storage_path, jobs=True, streaming=streaming),
-        param_space={JOB_KEY: tune.grid_search(jobs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=study.search.max_concurrent,
-                                    reuse_actors=not study.resources.uses_ray_train),
-        run_config=tune.RunConfig(name=f"{study.name}-confirm", storage_path=storage_path, verbose=0,
-                                  callbacks=[Record(), *(callbacks or [])],
-                                  failure_config=tune.FailureConfig(max_failures=2)),
-    )
-    tuner.fit()
+    with tune_environment(QUIET_TUNE_CONSOLE):
+        tuner = tune.Tuner(
+            trainable(study, splits_ref, storage_path, jobs=True, streaming=streaming),
+            param_space={JOB_KEY: tune.grid_search(jobs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=study.search.max_concurrent,
+                                        reuse_actors=not study.resources.uses_ray_train),
+            run_config=tune.RunConfig(name=f"{study.name}-confirm", storage_path=storage_path, verbose=0,
+                                      callbacks=[Record(), *(callbacks or [])],
+                                      failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)),
+        )
+        tuner.fit()
     return len(jobs)
 
 

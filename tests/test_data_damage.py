@@ -249,7 +249,7 @@ def test_a_data_error_wrapped_by_ray_is_a_failure_reported_once_not_a_retry() ->
 
     from lorsp.errors import data_error_in
     from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY
-    from lorsp.tune import _guarded
+    from lorsp.trial import _guarded
 
     line = "cannot read parquet file /d/x.parquet: row group 2 (rows 80 to 119) is damaged (Corrupt); download it"
 
