@@ -158,9 +158,10 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
     """Train every (configuration, seed) not yet done as one Ray Tune run; returns how many ran."""
     from ray import tune
 
+    from lorsp.layout import ray_folder
     from lorsp.metrics import reported
     from lorsp.outcome import outcome_of
-    from lorsp.search import TRIAL_KEY, default_root
+    from lorsp.search import TRIAL_KEY
     from lorsp.trial import JOB_KEY, TRIAL_RETRIES, share_data, trainable
     from lorsp.tune import QUIET_TUNE_CONSOLE, init_ray, tune_environment
 
@@ -193,7 +194,7 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
             shown = "  ".join(f"{m} {metrics[m]:.4g}" for m in ("val_acc", "test_acc") if m in metrics)
             print(f"confirm: trial {job['number']} seed {job['seed']} {outcome.reason}  {shown}", flush=True)
 
-    storage_path = str(default_root(study) / "ray")
+    storage_path = str(ray_folder(study))
     print(f"confirm: {len(jobs)} runs ({len(confirmations)} configurations x seeds {seeds}, "
           f"{study.search.max_concurrent} at a time)", flush=True)
     with tune_environment(QUIET_TUNE_CONSOLE):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lorsp.config import StudyConfig
+from lorsp.layout import trial_folder
 from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY
 from lorsp.search import TRIAL_KEY
 
@@ -243,7 +244,7 @@ def _ray_train_trial(params: dict[str, Any], study_json: str, splits_ref: Any, s
                                   **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
         ),
         run_config=ray.train.RunConfig(
-            name=f"{study.name}-{trial_id}",
+            name=trial_folder(study.name, trial_id),
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=2),  # a lost worker resumes from its checkpoint
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),

@@ -27,6 +27,7 @@ from typing import Any
 from lorsp.children import STOP_SIGNALS
 from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.errors import DataError
+from lorsp.layout import ray_folder, trial_folder
 from lorsp.pareto import TrialRecord
 from lorsp.trial import TRIAL_RETRIES, load_data, trainable
 from lorsp.uris import redact, redact_arg, with_hint
@@ -263,7 +264,6 @@ def _run_leased(study: StudyConfig, optuna_storage: Any, uri: str, *, resume: bo
     from lorsp.progress import ProgressCallback
     from lorsp.search import (
         check_study,
-        default_root,
         prepare_study,
         study_counts,
         study_history,
@@ -295,7 +295,7 @@ def _run_leased(study: StudyConfig, optuna_storage: Any, uri: str, *, resume: bo
     history = study_history(optuna_storage, study.name)
     prepare_study(study, optuna_storage, resume)
     searcher = _searcher(study, optuna_storage, history)
-    storage_path = str(default_root(study) / "ray")
+    storage_path = str(ray_folder(study))
     progress = ProgressCallback(study, total=todo)
     inline = not study.resources.uses_ray_train
     callbacks = [searcher.checkpoint_callback(), progress, *extra]
@@ -311,7 +311,7 @@ def _run_leased(study: StudyConfig, optuna_storage: Any, uri: str, *, resume: bo
                                         reuse_actors=inline,  # keeps torch/timm imported from trial to trial
                                         # the name, not the study (and its URIs): Tune pickles this
                                         trial_dirname_creator=(lambda trial, name=study.name:
-                                                               f"{name}-{trial.trial_id}")),
+                                                               trial_folder(name, trial.trial_id))),
             run_config=tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
                                       callbacks=callbacks, verbose=0, stop=interruption.stopper(),
                                       failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),

@@ -19,8 +19,6 @@ Layout of an experiment (name = study name)::
 
 The package, one job per module (the flow runs down the list):
 
-* :mod:`~lorsp.tracking.checkpoints`: a trial's checkpoint folder on disk (or copied from remote
-  storage), found in Ray's folder layout.
 * :mod:`~lorsp.tracking.store`: where the store is (:func:`tracking_uri`, :func:`probe_server`),
   :func:`connect` and :class:`Store` (the experiment's runs, params, metrics, artifacts), the tag
   names, and the parent runs a driver closes as KILLED when it exits without finishing.
@@ -30,9 +28,11 @@ The package, one job per module (the flow runs down the list):
 * :mod:`~lorsp.tracking.record`: :func:`finish_study` and :func:`record_study`, the end of a study
   reconciled from the Optuna records, with its Pareto front and hypervolume.
 * :mod:`~lorsp.tracking.relog`: the ``python -m lorsp.tracking relog`` command.
+
+Where the study's files are (its root, the embedded store's database, a trial's checkpoint) is
+:mod:`lorsp.layout`'s.
 """
 
-from lorsp.tracking.checkpoints import fetch_checkpoint, find_checkpoint
 from lorsp.tracking.record import finish_study, record_study, ui_command
 from lorsp.tracking.relog import main, relog
 from lorsp.tracking.store import (
@@ -62,8 +62,6 @@ __all__ = [
     "Store",
     "artifact_location",
     "connect",
-    "fetch_checkpoint",
-    "find_checkpoint",
     "finish_study",
     "is_server",
     "main",

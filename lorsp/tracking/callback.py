@@ -18,8 +18,8 @@ from ray.tune import Callback
 from lorsp.config import ConfigError, StudyConfig
 from lorsp.metrics import reported
 from lorsp.outcome import ERROR_KEY, TRACEBACK_KEY, Outcome, outcome_of
-from lorsp.search import TRIAL_KEY
-from lorsp.tracking.store import TUNE_TRIAL_ID, Store, connect, is_number, mark_closed, mark_open, one_line
+from lorsp.search import CHECKPOINT, TRIAL_KEY, TUNE_TRIAL_ID
+from lorsp.tracking.store import Store, connect, is_number, mark_closed, mark_open, one_line
 from lorsp.uris import redact, remember, reveal, scrub
 
 PLACEMENT = ("node_id", "node_ip", "hostname", "gpu")
@@ -169,7 +169,7 @@ class MLflowCallback(Callback):
         last = dict(getattr(trial, "last_result", None) or {})
         result = {**last, **self._last.get(trial.trial_id, {})}
         # Inline trials get their checkpoint path only after the result (lorsp.searcher's callback).
-        result.setdefault("checkpoint_path", last.get("checkpoint_path"))
+        result.setdefault(CHECKPOINT, last.get(CHECKPOINT))
         if errored and not result.get(ERROR_KEY):
             result[ERROR_KEY] = _trial_error(trial)
         self._last[trial.trial_id] = result
@@ -184,13 +184,13 @@ class MLflowCallback(Callback):
         if run_id is None:
             return
         result = self._last.get(trial_id, {})
-        checkpoint = result.get("checkpoint_path")
+        checkpoint = result.get(CHECKPOINT)
         tags: dict[str, Any] = {"full_budget": str(outcome.state == "COMPLETE").lower(), "epochs_done": outcome.epochs,
                                 "trial_state": outcome.state, "end_reason": outcome.reason}
         if outcome.error:
             tags["error"] = outcome.error[:500]
         if checkpoint:
-            tags["checkpoint_path"] = checkpoint
+            tags[CHECKPOINT] = checkpoint
         final = {k: result[k] for k in reported(result, per_epoch=False) if is_number(result[k])}
         final["epochs_done"] = float(outcome.epochs)
         what = f"closing the run of {self._name(trial_id)}"

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from lorsp.config import StudyConfig
+from lorsp.layout import MLFLOW_DB, default_root, find_checkpoint
 from lorsp.outcome import outcome_of_state
 from lorsp.pareto import REFERENCE_RULE, TrialRecord, summarise
-from lorsp.relocate import under_root
 from lorsp.report import plot_front, plot_fronts_by, trial_rows, write_table
-from lorsp.search import default_root
-from lorsp.tracking.checkpoints import find_checkpoint
+from lorsp.search import CHECKPOINT
 from lorsp.tracking.store import (
     CHECKPOINT_ARTIFACTS,
     Store,
@@ -60,19 +59,17 @@ def finish_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
 def ui_command(study: StudyConfig, uri: str) -> str:
     """The `lorsp.ui` command that shows this study: `--root` for the embedded store under the study's
     root, `--tracking-uri` (password masked, with a note on how to give it) for any other store."""
-    if uri == f"sqlite:///{default_root(study) / 'mlflow.db'}":
+    if uri == f"sqlite:///{default_root(study) / MLFLOW_DB}":
         return f"python -m lorsp.ui --root {shlex.quote(study.tracking.root)}"
     return with_hint(f"python -m lorsp.ui --tracking-uri {shlex.quote(redact(uri) or uri)}", uri)
 
 
-def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None = None,
-                 checkpoint_lookup: Callable[[TrialRecord], str | None] | None = None) -> dict[str, Any]:
+def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None = None) -> dict[str, Any]:
     """The work of :func:`finish_study` and `relog`, raising ConfigError on an unreachable store."""
     store = connect(study, uri)
     parent_id, _ = store.ensure_parent()
     children = store.child_runs()
     objectives = [(o.metric, o.mode) for o in study.objectives]
-    lookup = checkpoint_lookup or (lambda record: find_checkpoint(study, record))
     created = updated = 0
     run_ids: dict[int, str] = {}
     for record in records:
@@ -87,9 +84,9 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
                                     "epochs_done": record.epochs_done, "trial_state": outcome.state,
                                     "end_reason": outcome.reason})
             store.log_metrics(run_id, _record_metrics(record), record.epochs_done)
-            checkpoint = lookup(record)
+            checkpoint = find_checkpoint(study, record)
             if checkpoint:
-                store.set_tags(run_id, {"checkpoint_path": checkpoint})
+                store.set_tags(run_id, {CHECKPOINT: checkpoint})
                 store.log_checkpoint(run_id, checkpoint)
             store.client.set_terminated(run_id, status)
             created += 1
@@ -103,7 +100,7 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
             if stale:
                 store.log_metrics(run_id, stale, record.epochs_done)
             if not any(a.path == CHECKPOINT_ARTIFACTS for a in _safe_list(store, run_id)):
-                checkpoint = under_root(run.data.tags.get("checkpoint_path"), default_root(study)) or lookup(record)
+                checkpoint = find_checkpoint(study, record, tagged=run.data.tags.get(CHECKPOINT))
                 if checkpoint:
                     store.log_checkpoint(run_id, checkpoint)
             if run.info.status == "RUNNING":

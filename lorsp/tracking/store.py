@@ -22,10 +22,10 @@ import yaml
 
 from lorsp.config import ConfigError, StudyConfig
 from lorsp.gallery import GALLERY_FILE
+from lorsp.layout import CHECKPOINT_FILES, MLFLOW_DB, default_root, embedded_uri, fetch_checkpoint
 from lorsp.mlflow_views import OBJECTIVES_TAG, ROLE, STUDY
 from lorsp.relocate import describe, relocate_store
-from lorsp.search import default_root, embedded_uri
-from lorsp.tracking.checkpoints import CHECKPOINT_FILES, fetch_checkpoint
+from lorsp.search import TUNE_TRIAL_ID
 from lorsp.uris import redact, require_secret, scrub
 
 MLFLOW_CLIENT_ENV = {
@@ -40,7 +40,6 @@ MLFLOW_CLIENT_ENV = {
 PROBE_TIMEOUT_S = 3.0
 
 OPTUNA_TRIAL = "optuna_trial"
-TUNE_TRIAL_ID = "tune_trial_id"
 PARENT_ID = "mlflow.parentRunId"
 CHECKPOINT_ARTIFACTS = "checkpoint"
 PROMPT_ARTIFACTS = "prompts"
@@ -60,7 +59,7 @@ def _quiet_mlflow_logs() -> None:
 # ---------------------------------------------------------------- where the store is
 def tracking_uri(study: StudyConfig, override: str | None = None) -> str:
     """`override` (`--tracking-uri`), else `tracking.uri`, else the embedded sqlite store under the root."""
-    return embedded_uri(study, override or study.tracking.uri, "mlflow.db")
+    return embedded_uri(study, override or study.tracking.uri, MLFLOW_DB)
 
 
 def is_server(uri: str) -> bool:
