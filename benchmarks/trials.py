@@ -8,7 +8,7 @@ Each (mode, concurrency) runs the quickstart study (``search_spaces/quickstart.y
 fresh temporary ``tracking.root`` and its own local Ray cluster (own temp dir, so a cluster
 someone else runs on this machine is never joined). Torch threads per trial come from the CPU
 allocation: ``cpus_per_worker = cores / concurrency`` and ``train.threads = null``, so
-``lorsp.tune`` sets the threads (quickstart.yaml pins ``threads: 1``).
+``lorsp.trial`` sets the threads (quickstart.yaml pins ``threads: 1``).
 
 Trial start -> first training step is measured from what a study reports anyway, with no patching
 of lorsp: a Tune callback (``run_study(callbacks=...)``) notes on the driver when each trial starts

@@ -158,10 +158,12 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
     """Train every (configuration, seed) not yet done as one Ray Tune run; returns how many ran."""
     from ray import tune
 
+    from lorsp.layout import ray_folder
     from lorsp.metrics import reported
     from lorsp.outcome import outcome_of
-    from lorsp.search import TRIAL_KEY, default_root
-    from lorsp.tune import JOB_KEY, init_ray, quiet_tune_console, share_data, trainable
+    from lorsp.search import TRIAL_KEY
+    from lorsp.trial import JOB_KEY, TRIAL_RETRIES, share_data, trainable
+    from lorsp.tune import QUIET_TUNE_CONSOLE, init_ray, tune_environment
 
     jobs = _jobs(study, confirmations, seeds)
     if not jobs:
@@ -192,20 +194,20 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
             shown = "  ".join(f"{m} {metrics[m]:.4g}" for m in ("val_acc", "test_acc") if m in metrics)
             print(f"confirm: trial {job['number']} seed {job['seed']} {outcome.reason}  {shown}", flush=True)
 
-    storage_path = str(default_root(study) / "ray")
-    quiet_tune_console()
+    storage_path = str(ray_folder(study))
     print(f"confirm: {len(jobs)} runs ({len(confirmations)} configurations x seeds {seeds}, "
           f"{study.search.max_concurrent} at a time)", flush=True)
-    tuner = tune.Tuner(
-        trainable(study, splits_ref, storage_path, jobs=True, streaming=streaming),
-        param_space={JOB_KEY: tune.grid_search(jobs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=study.search.max_concurrent,
-                                    reuse_actors=not study.resources.uses_ray_train),
-        run_config=tune.RunConfig(name=f"{study.name}-confirm", storage_path=storage_path, verbose=0,
-                                  callbacks=[Record(), *(callbacks or [])],
-                                  failure_config=tune.FailureConfig(max_failures=2)),
-    )
-    tuner.fit()
+    with tune_environment(QUIET_TUNE_CONSOLE):
+        tuner = tune.Tuner(
+            trainable(study, splits_ref, storage_path, jobs=True, streaming=streaming),
+            param_space={JOB_KEY: tune.grid_search(jobs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=study.search.max_concurrent,
+                                        reuse_actors=not study.resources.uses_ray_train),
+            run_config=tune.RunConfig(name=f"{study.name}-confirm", storage_path=storage_path, verbose=0,
+                                      callbacks=[Record(), *(callbacks or [])],
+                                      failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)),
+        )
+        tuner.fit()
     return len(jobs)
 
 
@@ -307,7 +309,7 @@ def record_in_mlflow(study: StudyConfig, confirmations: list[Confirmation], file
                           f"python -m lorsp.tracking relog --name {study.name}")
     parent_id = parent.info.run_id
     existing = {r.data.tags.get("lorsp.confirm_trial"): r for r in
-                store._search(f"tags.`{ROLE}` = 'confirm'") if r.data.tags.get(PARENT_ID) == parent_id}
+                store.search_runs(f"tags.`{ROLE}` = 'confirm'") if r.data.tags.get(PARENT_ID) == parent_id}
     for c in confirmations:
         run = existing.get(str(c.trial))
         if run is None:
@@ -317,7 +319,7 @@ def record_in_mlflow(study: StudyConfig, confirmations: list[Confirmation], file
             store.log_params(run_id, c.params)
         else:
             run_id = run.info.run_id
-        seeds = {r.data.tags.get("lorsp.seed") for r in store._search(f"tags.`{PARENT_ID}` = '{run_id}'")}
+        seeds = {r.data.tags.get("lorsp.seed") for r in store.search_runs(f"tags.`{PARENT_ID}` = '{run_id}'")}
         for seed, metrics in sorted(c.runs.items()):
             if str(seed) in seeds:
                 continue

@@ -285,13 +285,12 @@ def _checkpoint_folder(study: StudyConfig, record: Any, run: Any | None, tmp: Pa
     """(location, local folder) of the trial's checkpoint: the run's `checkpoint_path` tag, else the
     Optuna record's, else a search of the Ray folder; recorded paths are looked up under the study's
     current root too, so a study folder that was moved or copied still has its checkpoints."""
-    from lorsp.relocate import under_root
-    from lorsp.search import default_root
-    from lorsp.tracking import fetch_checkpoint, find_checkpoint
+    from lorsp.layout import checkpoint_locations, fetch_checkpoint
+    from lorsp.search import CHECKPOINT
 
-    tagged = run.data.tags.get("checkpoint_path") if run is not None else None
-    for location in (under_root(tagged, default_root(study)), find_checkpoint(study, record)):
-        folder = fetch_checkpoint(location, tmp / "ckpt") if location else None
+    tagged = run.data.tags.get(CHECKPOINT) if run is not None else None
+    for location in checkpoint_locations(study, record, tagged):
+        folder = fetch_checkpoint(location, tmp / "ckpt")
         if folder is not None and (folder / PROMPT_FILE).is_file():
             return location, folder
     return None

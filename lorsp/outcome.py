@@ -24,7 +24,7 @@ State = Literal["COMPLETE", "PRUNED", "FAIL", "INTERRUPTED"]
 FINISHED_KEY = "finished"
 """1.0 in the result of a trial's last epoch (lorsp.train)."""
 FAILED_KEY = "failed"
-"""1.0 in the one result a trial reports when its training raised (lorsp.tune)."""
+"""1.0 in the one result a trial reports when its training raised (lorsp.trial)."""
 ERROR_KEY = "error"
 TRACEBACK_KEY = "error_traceback"
 

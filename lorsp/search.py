@@ -20,6 +20,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from lorsp.config import ConfigError, SpaceParam, StudyConfig, space_target, stored_study
+from lorsp.layout import default_root, embedded_uri, storage_uri  # noqa: F401 (the study folder's, re-exported)
 from lorsp.pareto import TrialRecord, rank_trials
 
 # User attributes of every Optuna trial (written by lorsp.tune's searcher).
@@ -244,25 +245,6 @@ def create_sampler(study: StudyConfig, history: int = 0) -> optuna.samplers.Base
 
 
 # ---------------------------------------------------------------- the stored study
-def default_root(study: StudyConfig) -> Path:
-    return Path(study.tracking.root).expanduser().resolve()
-
-
-def embedded_uri(study: StudyConfig, explicit: str | None, filename: str) -> str:
-    """`explicit` when given, else an absolute sqlite file under the study's root (a trial's
-    working directory is not the caller's, so a relative path would point elsewhere)."""
-    if explicit:
-        return explicit
-    root = default_root(study)
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root / filename}"
-
-
-def storage_uri(study: StudyConfig, override: str | None = None) -> str:
-    """`--storage`, else `tracking.storage`, else sqlite beside the MLflow store."""
-    return embedded_uri(study, override or study.tracking.storage, "optuna.db")
-
-
 class StudyStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage whose pickles carry its URI without the password.
 

@@ -96,8 +96,8 @@ class StudySearcher(OptunaSearch):
         for name in reported(result):
             if _finite(result.get(name)):
                 ot_trial.set_user_attr(METRICS_PREFIX + name, float(result[name]))
-        if result.get("checkpoint_path"):
-            ot_trial.set_user_attr(CHECKPOINT, str(result["checkpoint_path"]))
+        if result.get(CHECKPOINT):
+            ot_trial.set_user_attr(CHECKPOINT, str(result[CHECKPOINT]))
         if outcome.error:
             ot_trial.set_user_attr(ERROR, outcome.error)
         self._ot_study.tell(ot_trial, values, state=getattr(TrialState, outcome.optuna_state))
@@ -131,12 +131,12 @@ class StudySearcher(OptunaSearch):
                 if checkpoint is None:
                     return
                 result = trial.last_result or {}
-                result["checkpoint_path"] = checkpoint.path
+                result[CHECKPOINT] = checkpoint.path
                 searcher.record_checkpoint(trial.trial_id, checkpoint.path, result.get("epoch"))
 
             def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-                if result.get("checkpoint_path") and not result.get(ERROR_KEY):
-                    searcher.record_checkpoint(trial.trial_id, result["checkpoint_path"], result.get("epoch"))
+                if result.get(CHECKPOINT) and not result.get(ERROR_KEY):
+                    searcher.record_checkpoint(trial.trial_id, result[CHECKPOINT], result.get("epoch"))
 
         return CheckpointPath()
 

@@ -1,10 +1,8 @@
 """`python -m lorsp.tune`: a multi-objective search of prompts on Ray Tune with Optuna.
 
 One process drives the study: it starts (or attaches to) Ray, opens the Optuna study in its RDB
-storage, and runs a Ray Tune experiment whose searcher asks that study for each trial. A trial runs
-:func:`lorsp.train.train_loop` unchanged, in one of two ways (`resources.launcher`): inline, in the
-Tune trial process, which Tune reuses from trial to trial (one worker; the default); or as a Ray
-Train run, a light Tune driver that fits a `TorchTrainer` whose workers train under DDP.
+storage, and runs a Ray Tune experiment whose searcher asks that study for each trial. What runs
+inside a trial (inline, or a Ray Train run under DDP) is :mod:`lorsp.trial`.
 
 How trials end (:mod:`lorsp.outcome`): a failure of the training itself (a NaN loss, data or
 settings the worker refuses) is deterministic, so the trial reports it once and is recorded FAIL
@@ -16,346 +14,25 @@ checkpoint, and ``--resume`` finishes them under the same trial numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
 import signal
 import sys
 import time
-import traceback
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from lorsp.children import STOP_SIGNALS
 from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.errors import DataError
-from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY
+from lorsp.layout import ray_folder, trial_folder
 from lorsp.pareto import TrialRecord
+from lorsp.trial import TRIAL_RETRIES, load_data, trainable
 from lorsp.uris import redact, redact_arg, with_hint
 
-TRIAL_RETRIES = 2
-"""Retries of a trial whose process or node was lost (never of a failure of the training itself)."""
-
 # Ray imports are deferred to the functions that need them so `--help` and config errors are instant.
-
-
-# ---------------------------------------------------------------- the training inside a trial
-def _trial_study(study_json: str, params: dict[str, Any] | None = None) -> StudyConfig:
-    """The trial's resolved study, with torch threads taken from its CPU allocation."""
-    from lorsp.search import TRIAL_KEY
-
-    study = StudyConfig.model_validate_json(study_json)
-    if params:
-        study = study.with_params({k: v for k, v in params.items() if k != TRIAL_KEY})
-    if study.train.threads is None:
-        # One trial must not oversubscribe the cores that Ray gave to its neighbours.
-        study.train.threads = max(1, int(study.resources.cpus_per_worker))
-    return study
-
-
-def _train(study: StudyConfig, splits_ref: list[Any], ray_lib: Any, resume_from: str | None,
-           decode: Any | None = None) -> None:
-    """Run :func:`lorsp.train.train_loop` for either launcher.
-
-    `ray_lib` is `ray.train` (in a Ray Train worker) or `ray.tune` (in an inline trial): both have
-    `report`, `Checkpoint` and `get_checkpoint`. A trial restarted by Ray (lost process) continues
-    from `get_checkpoint()`; a trial resumed by ``--resume`` from the checkpoint it had reached when
-    the driver stopped. Metrics carry where the trial runs (node, GPU).
-
-    The shared data is decoded :class:`~lorsp.data.Splits` or a :class:`~lorsp.data.StreamPlan`;
-    a plan is opened here as Ray Data streams (`decode`: where a Ray Train trial's decode tasks run).
-    """
-    import ray
-
-    from lorsp.train import train_loop
-
-    splits = ray.get(splits_ref[0]) if splits_ref else None
-    if splits is not None and _is_plan(splits):
-        splits = _open_stream(study, splits, ray_lib, decode)
-    where = _placement()
-    checkpoint = ray_lib.get_checkpoint()
-    if checkpoint is None and resume_from:
-        checkpoint = ray_lib.Checkpoint(resume_from)
-
-    def forward(metrics: dict[str, float], folder: str | None) -> None:
-        ray_lib.report({**metrics, **where}, checkpoint=ray_lib.Checkpoint.from_directory(folder) if folder else None)
-
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            train_loop(study, forward, splits=splits, resume_from=folder, verbose=False)
-    else:
-        train_loop(study, forward, splits=splits, verbose=False)
-
-
-def _is_plan(data: Any) -> bool:
-    from lorsp.data import StreamPlan
-
-    return isinstance(data, StreamPlan)
-
-
-def _open_stream(study: StudyConfig, plan: Any, ray_lib: Any, decode: Any | None) -> Any:
-    """A streamed plan as this process's splits: an inline trial iterates its own Ray Datasets, a Ray
-    Train worker reads its training shard with `get_dataset_shard` (see :mod:`lorsp.data.stream`)."""
-    import ray.train
-
-    from lorsp.data.stream import DecodePlacement, open_inline, open_worker, quiet_ray_data
-
-    quiet_ray_data()
-    if ray_lib is ray.train:
-        context = ray.train.get_context()
-        return open_worker(plan, ray.train.get_dataset_shard("train"), seed=study.train.seed,
-                           rank=context.get_world_rank(), world_size=context.get_world_size(), placement=decode)
-    return open_inline(plan, seed=study.train.seed, placement=DecodePlacement.current(study.resources.stream_cpus))
-
-
-def _failure(err: BaseException) -> dict[str, Any]:
-    """The one result a failed trial reports: the reason in one line, the traceback for the record.
-
-    A data error raised in another process (a Ray Data decode task) is shown as its own one line
-    (the file and row to fix), not as the Ray error that carried it."""
-    from lorsp.errors import data_error_in
-
-    shown = data_error_in(err) or err
-    line = f"{type(shown).__name__}: {shown}".splitlines()[0][:300] if str(shown) else type(shown).__name__
-    return {FAILED_KEY: 1.0, ERROR_KEY: line,
-            TRACEBACK_KEY: "".join(traceback.format_exception(err))[-20000:]}
-
-
-def _guarded(run: Callable[[], None], report: Callable[[dict[str, Any]], None]) -> None:
-    """Run a trial's training; a failure of the training itself is reported once, not raised.
-
-    Raised, Tune would retry it and print a traceback per attempt, though a diverged loss, a bad
-    setting or a damaged data file fails the same way every time. Ray's own errors (a lost object,
-    a dead node) are raised: those are the failures a retry can cure; but not a DataError that a
-    Ray task raised and Ray wrapped (a RayTaskError), which is a damaged file like any other.
-    """
-    from ray.exceptions import RayError
-
-    from lorsp.errors import data_error_in
-
-    try:
-        run()
-    except Exception as err:
-        if isinstance(err, RayError) and data_error_in(err) is None:
-            raise
-        report(_failure(err))
-
-
-def _worker_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker (launcher `ray_train`)."""
-    import ray.train
-
-    _quiet_reports()
-    study = StudyConfig.model_validate_json(config["study"])
-    _guarded(lambda: _train(study, config["splits"], ray.train, config.get("resume_from"), config.get("decode")),
-             ray.train.report)
-
-
-def _quiet_reports() -> None:
-    """No console line from every worker for every report (a failed trial's would hold its whole
-    traceback). Ray Train 2.60 logs them at INFO through a logger named after its module's file path,
-    outside `ray.train`, so `LoggingConfig(log_level="WARNING")` does not reach it."""
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray: its own logging rules apply
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-
-def _placement() -> dict[str, str]:
-    """Where this worker runs, reported with its metrics so a trial's node and GPU are on record."""
-    import socket
-
-    import ray
-    import torch
-
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
-            "hostname": socket.gethostname(), "gpu": gpu}
-
-
-def _write_error_log(result: dict[str, Any]) -> None:
-    """The full traceback of a failed trial, as `error.txt` in its Tune trial folder."""
-    import ray.tune
-
-    text = result.get(TRACEBACK_KEY)
-    if text:
-        try:
-            Path(ray.tune.get_context().get_trial_dir(), "error.txt").write_text(str(text))
-        except OSError:
-            pass  # the log is a convenience; the traceback also goes to the trial's MLflow run
-
-
-# ---------------------------------------------------------------- one Tune trial
-def _inline_trial(params: dict[str, Any], study_json: str, splits_ref: Any) -> None:
-    """A one-worker trial that trains in the Tune trial process itself (launcher `inline`).
-
-    Tune reuses the process for the next trial, so only the first trial of a process pays for
-    starting it and importing torch and timm. Checkpoints go through Tune, which restores the
-    latest one when it retries a trial whose process or node died.
-    """
-    import logging
-
-    import ray.tune
-    import torch
-
-    from lorsp.search import TRIAL_KEY
-
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # not a line per stored checkpoint
-
-    def report_failure(result: dict[str, Any]) -> None:
-        _write_error_log(result)
-        ray.tune.report(result)
-
-    resume_from = (params.get(TRIAL_KEY) or {}).get("resume_from")
-    try:
-        _guarded(lambda: _train(_trial_study(study_json, params), splits_ref, ray.tune, resume_from), report_failure)
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # the next trial in this process may share the GPU with others
-
-
-def _stream_inputs(study: StudyConfig, splits_ref: Any) -> dict[str, Any]:
-    """A streaming Ray Train trial's training dataset, its `DataConfig` and where its decode tasks run.
-
-    Built in the trial driver, whose placement group's last bundle holds the trial's decode CPUs.
-    """
-    import ray
-
-    from lorsp.data.stream import DecodePlacement, quiet_ray_data, ray_train_datasets
-
-    quiet_ray_data()
-    decode = DecodePlacement.current(study.resources.stream_cpus)
-    datasets, dataset_config = ray_train_datasets(ray.get(splits_ref[0]), seed=study.train.seed, placement=decode)
-    return {"datasets": datasets, "dataset_config": dataset_config, "decode": decode}
-
-
-def _ray_train_trial(params: dict[str, Any], study_json: str, splits_ref: Any, storage_path: str,
-                     streaming: bool = False) -> None:
-    """A trial that fits a Ray Train `TorchTrainer` with the sampled parameters (launcher `ray_train`)."""
-    import ray.train
-    import ray.tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from lorsp.search import TRIAL_KEY
-
-    study = _trial_study(study_json, params)
-    res = study.resources
-    trial_id = ray.tune.get_context().get_trial_id()
-    stream = _stream_inputs(study, splits_ref) if streaming else {}
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"study": study.model_dump_json(), "splits": splits_ref,
-                           "resume_from": (params.get(TRIAL_KEY) or {}).get("resume_from"),
-                           "decode": stream.get("decode")},
-        datasets=stream.get("datasets"),
-        dataset_config=stream.get("dataset_config"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=res.workers_per_trial, use_gpu=res.gpus_per_worker > 0,
-            resources_per_worker={"CPU": res.cpus_per_worker,
-                                  **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"{study.name}-{trial_id}",
-            storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=2),  # a lost worker resumes from its checkpoint
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # no per-report chatter
-        ),
-    )
-    result = trainer.fit()
-    _write_error_log(result.metrics or {})
-
-
-def _inline_job(config: dict[str, Any], **kwargs: Any) -> None:
-    _inline_trial(config[JOB_KEY], **kwargs)
-
-
-def _ray_train_job(config: dict[str, Any], **kwargs: Any) -> None:
-    _ray_train_trial(config[JOB_KEY], **kwargs)
-
-
-JOB_KEY = "job"
-"""Config key of a trial's parameters when Tune hands out a fixed list of them (`tune.grid_search`)."""
-
-
-def _trial_resources(study: StudyConfig, streaming: bool) -> Any:
-    """What one trial asks Tune for; a streaming trial adds a last bundle of `stream_cpus` for decoding.
-
-    That bundle is what keeps Ray Data and the trials from oversubscribing a node: Tune starts a
-    trial only when its decode CPUs are free too, and its decode tasks run inside them
-    (:class:`lorsp.data.stream.DecodePlacement`).
-    """
-    from ray import tune
-
-    from lorsp.capacity import tune_bundles
-
-    bundles = tune_bundles(study.resources, streaming)
-    if not streaming:
-        return {k.lower() if k in ("CPU", "GPU") else k: v for k, v in bundles[0].items()}
-    return tune.PlacementGroupFactory(bundles)
-
-
-def trainable(study: StudyConfig, splits_ref: Any, storage_path: str, jobs: bool = False,
-              streaming: bool = False) -> Any:
-    """The Tune trainable for this study's launcher, with the resources its trials ask for.
-
-    `jobs`: the trial's parameters come under :data:`JOB_KEY` (a grid of fixed configurations, as
-    `lorsp.confirm` runs) rather than from a searcher. `streaming`: `splits_ref` holds a
-    :class:`~lorsp.data.StreamPlan` rather than decoded splits (see :func:`share_data`).
-    """
-    from ray import tune
-
-    res = study.resources
-    study = study.redacted()  # a trial never connects to the stores: it gets no password
-    # Wrapped in a list: a bare ObjectRef parameter would be fetched into every trial driver and then
-    # copied into each worker's config; the list keeps it a reference that workers `ray.get` locally.
-    if res.uses_ray_train:
-        trainable = tune.with_parameters(_ray_train_job if jobs else _ray_train_trial,
-                                         study_json=study.model_dump_json(), splits_ref=[splits_ref],
-                                         storage_path=storage_path, streaming=streaming)
-    else:
-        trainable = tune.with_parameters(_inline_job if jobs else _inline_trial, study_json=study.model_dump_json(),
-                                         splits_ref=[splits_ref])
-    return tune.with_resources(trainable, _trial_resources(study, streaming))
-
-
-def load_data(study: StudyConfig, log: Callable[[str], None] = print) -> tuple[Any, bool]:
-    """The study's data, prepared once on the driver; no Ray needed, so a data error stops a study
-    before Ray starts or anything is written.
-
-    In memory (:func:`lorsp.data.load_splits_for`: decoded once, shared by all trials), or, as
-    `data.stream` decides (:func:`lorsp.data.mode.choose_mode`, which says why in one line), a
-    :class:`~lorsp.data.StreamPlan` (rows and splits, nothing decoded) from which each trial streams.
-    Returns the data and whether it is a plan.
-    """
-    from lorsp.data import load_splits_for
-    from lorsp.data.mode import choose_mode
-
-    tick = time.perf_counter()
-    mode = choose_mode(study.data)
-    if mode.line:
-        log(mode.line)
-    if mode.plan is not None:
-        plan = mode.plan
-        log(f"data: {plan.summary()}; listed in {time.perf_counter() - tick:.1f}s, decoded by each trial "
-            f"on {study.resources.stream_cpus:g} CPUs of its own (resources.stream_cpus)")
-        return plan, True
-    splits = load_splits_for(study.data)
-    log(f"data: {splits.source} (train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}) "
-        f"loaded in {time.perf_counter() - tick:.1f}s")
-    return splits, False
-
-
-def share_data(study: StudyConfig, log: Callable[[str], None] = print) -> tuple[Any, bool]:
-    """:func:`load_data`, put in the object store once for every trial: (the reference, whether it is a plan)."""
-    import ray
-
-    data, streaming = load_data(study, log)
-    return ray.put(data), streaming
 
 
 # ---------------------------------------------------------------- the driver
@@ -401,8 +78,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    env_vars = {"RAY_TRAIN_V2_ENABLED": "1"}
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    env_vars = {"RAY_TRAIN_V2_ENABLED": "1"}  # the default of the pinned Ray; for its workers, said outright
     local = address is None and not os.environ.get("RAY_ADDRESS")
     if local:
         from lorsp import embedded_ray
@@ -427,12 +103,30 @@ def shutdown_ray() -> None:
         _EMBEDDED.pop().stop()
 
 
-def quiet_tune_console() -> None:
-    """lorsp prints its own line per trial: Tune's new-style console output (a configuration box, a
-    TensorBoard hint) and its "slow callback" warnings for an MLflow call on a loaded machine would
-    bury those lines; the legacy reporter honours verbose=0. Call before building a Tuner."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
+QUIET_TUNE_CONSOLE = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_THRESHOLD_S": "10"}
+"""lorsp prints its own line per trial: Tune's new-style console output (a configuration box, a
+TensorBoard hint) and its "slow callback" warnings for an MLflow call on a loaded machine would bury
+those lines; the legacy reporter honours verbose=0."""
+
+
+@contextlib.contextmanager
+def tune_environment(defaults: dict[str, str], forced: dict[str, str] | None = None) -> Iterator[None]:
+    """Ray Tune settings that Ray reads only from the environment, for the Tuner built and run inside:
+    `defaults` unless the user set them, `forced` whatever the user set. The environment is restored
+    afterwards, so a caller of the library keeps the process it had."""
+    forced = forced or {}
+    saved = {key: os.environ.get(key) for key in (*defaults, *forced)}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    os.environ.update(forced)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class Interruption:
@@ -449,8 +143,10 @@ class Interruption:
         self.signal: int | None = None
         self.armed = False
         self._previous: dict[int, Any] = {}
+        self._sigint_setting: str | None = None
 
     def __enter__(self) -> Interruption:
+        self._sigint_setting = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -467,6 +163,10 @@ class Interruption:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._sigint_setting is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._sigint_setting
 
     def _handle(self, sig: int, frame: Any) -> None:
         first = self.signal is None
@@ -506,6 +206,18 @@ class StudyRun:
         self.interrupted = interrupted
         self.stopped = stopped
         self.callbacks = callbacks or []
+
+
+SEARCH_DEFAULTS = {
+    **QUIET_TUNE_CONSOLE,
+    # Tune snapshots the experiment every `num_to_keep` checkpoints and warns when that happens
+    # within 5 s; a quickstart epoch takes a second, and the snapshot is a small local copy.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+SEARCH_FORCED = {
+    # A failed trial reports only its error, without the scheduler's metric: that is not a bug.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+}
 
 
 def run_study(
@@ -552,7 +264,6 @@ def _run_leased(study: StudyConfig, optuna_storage: Any, uri: str, *, resume: bo
     from lorsp.progress import ProgressCallback
     from lorsp.search import (
         check_study,
-        default_root,
         prepare_study,
         study_counts,
         study_history,
@@ -584,40 +295,36 @@ def _run_leased(study: StudyConfig, optuna_storage: Any, uri: str, *, resume: bo
     history = study_history(optuna_storage, study.name)
     prepare_study(study, optuna_storage, resume)
     searcher = _searcher(study, optuna_storage, history)
-    storage_path = str(default_root(study) / "ray")
-    # Tune snapshots the experiment every `num_to_keep` checkpoints and warns when that happens
-    # within 5 s; a quickstart epoch takes a second, and the snapshot is a small local copy.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # A failed trial reports only its error, without the scheduler's metric: that is not a bug.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    quiet_tune_console()
+    storage_path = str(ray_folder(study))
     progress = ProgressCallback(study, total=todo)
     inline = not study.resources.uses_ray_train
     callbacks = [searcher.checkpoint_callback(), progress, *extra]
-    tuner = tune.Tuner(
-        trainable(study, splits_ref, storage_path, streaming=streaming),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(study), num_samples=todo,
-                                    max_concurrent_trials=study.search.max_concurrent,
-                                    reuse_actors=inline,  # keeps torch/timm imported from trial to trial
-                                    # the name, not the study (and its URIs): Tune pickles this
-                                    trial_dirname_creator=lambda trial, name=study.name: f"{name}-{trial.trial_id}"),
-        run_config=tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
-                                  callbacks=callbacks, verbose=0, stop=interruption.stopper(),
-                                  failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
-    )
     launcher = "in the trial process" if inline else f"Ray Train, {study.resources.workers_per_trial} worker(s) each"
     objectives = ", ".join(f"{o.mode} {o.metric}" for o in study.objectives)
     log(f"study '{study.name}': {todo} trials, {study.search.max_concurrent} at a time ({launcher}), "
         f"sampler {study.search.sampler}, objectives {objectives}; storage {redact(uri)}")
-    interruption.arm()
-    try:
-        tuner.fit()
-    except BaseException:
-        _stop_unfinished(searcher, callbacks, "the driver stopped with an error")
-        raise
-    finally:
-        interruption.armed = False
+    with tune_environment(SEARCH_DEFAULTS, SEARCH_FORCED):  # only while Tune runs: see tune_environment
+        tuner = tune.Tuner(
+            trainable(study, splits_ref, storage_path, streaming=streaming),
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(study), num_samples=todo,
+                                        max_concurrent_trials=study.search.max_concurrent,
+                                        reuse_actors=inline,  # keeps torch/timm imported from trial to trial
+                                        # the name, not the study (and its URIs): Tune pickles this
+                                        trial_dirname_creator=(lambda trial, name=study.name:
+                                                               trial_folder(name, trial.trial_id))),
+            run_config=tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+                                      callbacks=callbacks, verbose=0, stop=interruption.stopper(),
+                                      failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+        )
+        interruption.arm()
+        try:
+            tuner.fit()
+        except BaseException:
+            _stop_unfinished(searcher, callbacks, "the driver stopped with an error")
+            raise
+        finally:
+            interruption.armed = False
     interrupted = _stop_unfinished(searcher, callbacks, "interrupted" if interruption.signal else "the study ended")
     return StudyRun(trial_records(study, optuna_storage), interrupted=interrupted,
                     stopped=interruption.signal is not None, callbacks=extra)
@@ -672,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     with Interruption() as interruption:
         try:
             study = load_study(args.space, overrides)
-            from lorsp.tracking import finish_study, is_server, probe_server, tracking_uri, tune_callbacks
+            from lorsp.tracking import finish_study, is_server, probe_server, tracking_uri
+            from lorsp.tracking.callback import tune_callbacks
 
             if is_server(tracking_uri(study)):
                 probe_server(tracking_uri(study))  # a dead server is one line in seconds, before Ray starts

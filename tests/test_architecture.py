@@ -99,3 +99,30 @@ def test_the_method_layer_knows_nothing_of_ray_mlflow_or_optuna():
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
                      if isinstance(node, ast.ImportFrom) and not node.level}
         assert not imported & {"ray", "mlflow", "optuna"}, (path.name, imported & {"ray", "mlflow", "optuna"})
+
+
+def _imports_ray(module: str) -> bool:
+    path = PACKAGE.parent.joinpath(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "ray" for alias in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "ray":
+            return True
+    return False
+
+
+def test_reading_mlflow_needs_no_ray():
+    """Only the Tune callback of lorsp.tracking imports Ray: the store, the study's record, `relog` and
+    the export read MLflow where Ray is not installed (no module they reach, however lazily, imports it)."""
+    graph = import_graph()
+    assert _imports_ray("lorsp.tracking.callback")  # the check really reads imports
+    for start in ("lorsp.tracking", "lorsp.export"):
+        reached, todo = set(), [start]
+        while todo:
+            module = todo.pop()
+            if module not in reached:
+                reached.add(module)
+                todo.extend(graph.get(module, ()))
+        assert "lorsp.tracking.callback" not in reached, start
+        assert not [m for m in sorted(reached) if _imports_ray(m)], start

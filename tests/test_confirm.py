@@ -76,7 +76,8 @@ def test_results_live_in_the_optuna_storage(tmp_path):
 def finished_study(tmp_path_factory, local_ray):
     """A small finished study of its own (confirmation adds to a study's stores; the shared one
     of test_tracking must stay as its tests expect it)."""
-    from lorsp.tracking import finish_study, tune_callbacks
+    from lorsp.tracking import finish_study
+    from lorsp.tracking.callback import tune_callbacks
     from lorsp.tune import run_study
 
     root = tmp_path_factory.mktemp("confirm") / "runs"

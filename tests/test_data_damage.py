@@ -208,7 +208,8 @@ def test_a_streamed_trial_fails_once_naming_the_damaged_shard(damaged_parquet: P
     import mlflow
     import ray.tune
 
-    from lorsp.tracking import tracking_uri, tune_callbacks
+    from lorsp.tracking import tracking_uri
+    from lorsp.tracking.callback import tune_callbacks
     from lorsp.tune import run_study
 
     study = load_study(QUICKSTART, [*RUN, f"data.dataset=parquet:{damaged_parquet}", "data.stream=true",
@@ -248,7 +249,7 @@ def test_a_data_error_wrapped_by_ray_is_a_failure_reported_once_not_a_retry() ->
 
     from lorsp.errors import data_error_in
     from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY
-    from lorsp.tune import _guarded
+    from lorsp.trial import _guarded
 
     line = "cannot read parquet file /d/x.parquet: row group 2 (rows 80 to 119) is damaged (Corrupt); download it"
 

@@ -113,7 +113,7 @@ def _refused(tmp_path: Path, name: str, overrides: list[str]) -> tuple[str, floa
     from lorsp.tune import run_study
 
     study = load_study(QUICKSTART, [f"tracking.root={tmp_path / 'runs'}", f"name={name}", *overrides])
-    from lorsp.tracking import tune_callbacks
+    from lorsp.tracking.callback import tune_callbacks
 
     tick = time.perf_counter()
     with pytest.raises(Exception) as err:

@@ -34,3 +34,20 @@ def test_a_signal_before_the_study_loop_stops_at_once() -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # not armed: nothing to stop cleanly yet
     assert interruption.exit_code == 128 + signal.SIGTERM
     assert not Interruption().stopper().stop_all()
+
+
+def test_tune_settings_last_only_while_tune_runs(monkeypatch) -> None:
+    """Ray Tune takes some settings only from the environment: lorsp sets them for its Tuner and gives the
+    caller's process back as it was, a user's own value kept where lorsp only has a default."""
+    from lorsp.tune import tune_environment
+
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
+    monkeypatch.delenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", raising=False)
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    with tune_environment({"RAY_AIR_NEW_OUTPUT": "0"}, {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}):
+        assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
+        assert os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] == "1"
+    assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1" and "TUNE_DISABLE_STRICT_METRIC_CHECKING" not in os.environ
+    with Interruption():
+        assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"  # Tune's own SIGINT handler stays off
+    assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ

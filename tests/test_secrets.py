@@ -186,7 +186,7 @@ def test_recorded_study_has_no_password_and_keeps_everything_else():
 
 def test_the_mlflow_callback_pickles_without_the_password_and_copies_with_it(tmp_path):
     """Tune pickles its callbacks into the experiment folder (tuner.pkl) and copies them in-process."""
-    from lorsp.tracking import MLflowCallback
+    from lorsp.tracking.callback import MLflowCallback
 
     uri = f"postgresql://lorsp:{ENCODED}@127.0.0.1:5432/mlflow"
     study = StudyConfig.model_validate({"name": "cb", "tracking": {"uri": uri, "root": str(tmp_path)}})

@@ -36,7 +36,8 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a prox
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, local_ray) -> dict[str, Any]:
-    from lorsp.tracking import finish_study, tracking_uri, tune_callbacks
+    from lorsp.tracking import finish_study, tracking_uri
+    from lorsp.tracking.callback import tune_callbacks
     from lorsp.tune import run_study
 
     base = tmp_path_factory.mktemp("study-folder")
@@ -123,10 +124,10 @@ def test_a_moved_study_folder_opens_with_its_artifacts(study):
     """Last in this module: it moves the study's folder away."""
     from mlflow import MlflowClient
 
+    from lorsp.layout import find_checkpoint
     from lorsp.mlflow_views import SHARED_VIEW_TAG, TRIALS_VIEW
     from lorsp.relocate import relocate_store
     from lorsp.search import open_stored_study, trial_records
-    from lorsp.tracking import find_checkpoint
 
     assert relocate_store(study["uri"]) == []  # opened where it was written: never rewritten
     old, new = study["root"], study["base"] / "laptop" / "lorsp-runs"

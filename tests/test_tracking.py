@@ -178,7 +178,8 @@ def test_pareto_tags_and_hypervolume_agree_with_brute_force(run):
 
 
 def test_resume_reuses_the_parent_and_adds_no_duplicates(run):
-    from lorsp.tracking import finish_study, tune_callbacks
+    from lorsp.tracking import finish_study
+    from lorsp.tracking.callback import tune_callbacks
 
     study, records = run["study"], run["records"]
     parent, children = _runs(run["sqlite_uri"])
@@ -215,7 +216,8 @@ def test_server_death_midway_does_not_stop_the_study(run):
 
 
 def test_dead_server_is_a_clear_error_within_seconds(run, capsys):
-    from lorsp.tracking import main, tune_callbacks
+    from lorsp.tracking import main
+    from lorsp.tracking.callback import tune_callbacks
 
     for uri in (run["server"].uri, f"http://127.0.0.1:{free_port()}"):
         study = run["study"].model_copy(update={"tracking": run["study"].tracking.model_copy(update={"uri": uri})})

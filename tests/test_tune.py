@@ -165,7 +165,7 @@ def test_pareto_asha_stops_are_pruned_killed_at_their_rung_and_never_enter_the_f
     counts (set by the sampled rank, not by training), so which trial a rung stops is deterministic."""
     import mlflow
 
-    from lorsp.tracking import tune_callbacks
+    from lorsp.tracking.callback import tune_callbacks
     from lorsp.tune import run_study
 
     study = _study(tmp_path, "pasha", [
@@ -205,7 +205,8 @@ def test_diverging_trials_fail_once_in_one_line(tmp_path, local_ray, capsys):
     import mlflow
     import ray.tune
 
-    from lorsp.tracking import tracking_uri, tune_callbacks
+    from lorsp.tracking import tracking_uri
+    from lorsp.tracking.callback import tune_callbacks
     from lorsp.tune import run_study
 
     study = _study(tmp_path, "diverge", ["search.num_samples=2", "search.max_concurrent=2", "prompt.method=lorvp",
@@ -237,7 +238,8 @@ def test_driver_error_leaves_nothing_running(tmp_path, local_ray):
     import mlflow
     import ray.tune
 
-    from lorsp.tracking import tracking_uri, tune_callbacks
+    from lorsp.tracking import tracking_uri
+    from lorsp.tracking.callback import tune_callbacks
     from lorsp.tune import run_study
 
     study = _study(tmp_path, "crash", ["search.num_samples=3", "search.max_concurrent=1", "train.epochs=4",

@@ -98,7 +98,8 @@ STUDY_DEADLINE_S = 900.0
 def run_tracked_study(base: Path) -> dict[str, Any]:
     import ray
 
-    from lorsp.tracking import finish_study, tracking_uri, tune_callbacks
+    from lorsp.tracking import finish_study, tracking_uri
+    from lorsp.tracking.callback import tune_callbacks
     from lorsp.tune import run_study
 
     assert ray.is_initialized(), "run on the session's Ray (the local_ray fixture)"

@@ -38,7 +38,7 @@ Streaming (``data.stream``), for sets larger than memory:
 * :mod:`~lorsp.data.streamed`: :class:`StreamedSplits` and :class:`StreamBatches`, what the
   training loop iterates (no Ray).
 * :mod:`~lorsp.data.stream`: the Ray Data pipelines; the only module here that imports Ray, and
-  nothing imports it but :mod:`lorsp.tune` and a single streamed run of :mod:`lorsp.train`.
+  nothing imports it but :mod:`lorsp.trial` and a single streamed run of :mod:`lorsp.train`.
 
 :class:`DataError` lives in the torch-free :mod:`lorsp.errors` so the command line can catch it
 without importing this package.

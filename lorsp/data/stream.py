@@ -1,6 +1,6 @@
 """A :class:`~lorsp.data.manifest.StreamPlan` through Ray Data: decode in Ray tasks, uint8 batches out.
 
-The one module of :mod:`lorsp.data` that imports Ray; only the search layer (:mod:`lorsp.tune`),
+The one module of :mod:`lorsp.data` that imports Ray; only the trial runtime (:mod:`lorsp.trial`),
 a single run that streams (:mod:`lorsp.train`, when it must), the benchmarks and the tests import
 it, so the rest of the package, the training loop and the GPU checks run where Ray is not installed.
 
