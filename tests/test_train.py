@@ -186,3 +186,19 @@ def test_lorsp_train_does_not_import_ray():
     proc = subprocess.run([sys.executable, "-c", "import sys, lorsp.train; sys.exit(int('ray' in sys.modules))"],
                           capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:] or "importing lorsp.train imported ray"
+
+
+@pytest.mark.slow
+def test_the_linear_probe_at_its_own_default_is_not_handicapped(tmp_path: Path):
+    """The probe's single run at its declared default lr (the study file's `per_method` entry) is at
+    least as good as its best at the prompts' learning rates: a baseline is not handicapped by a
+    range it shares with the methods it is compared with."""
+
+    def val_acc(*overrides: str) -> float:
+        out = tmp_path / "-".join(overrides or ("default",))
+        sets = [x for o in ["prompt.method=none", *overrides] for x in ("--set", o)]
+        assert main(["--config", str(QUICKSTART), *sets, "--out", str(out)]) == 0
+        return json.loads((out / "metrics.json").read_text())["final"]["val_acc"]
+
+    shared = max(val_acc(f"train.lr={lr}") for lr in (0.05, 0.1, 0.2))
+    assert val_acc() >= shared
