@@ -246,8 +246,9 @@ def _keep(parent: int, timeout: float, argv: list[str]) -> int:
         _end(others, _send, lambda: command is None or command.poll() is not None, timeout)
     status = command.returncode if command is not None else -signal.SIGTERM
     if status < 0:  # end as the command ended: by the same signal
-        signal.signal(-status, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {-status})
+        if -status not in (signal.SIGKILL, signal.SIGSTOP):  # these two have no handler to reset
+            signal.signal(-status, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {-status})
         os.kill(me, -status)
         return 128 - status
     return status

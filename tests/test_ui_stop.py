@@ -270,3 +270,14 @@ def test_stop_signals_raise_once_then_wait_for_the_cleanup(sig):
     assert caught.value.signum == sig and caught.value.exit_code == 128 + sig
     assert isinstance(caught.value, KeyboardInterrupt)
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_command_killed_by_sigkill_ends_its_keeper_the_same_way_without_a_traceback():
+    # SIGKILL and SIGSTOP have no handler to reset; the keeper once died on that with a traceback
+    # printed under every study's closing lines (the head is SIGKILLed when it outlives the stop).
+    group = ChildGroup(["sh", "-c", "kill -9 $$"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert group.process.wait(timeout=60) == -signal.SIGKILL
+        assert group.process.stderr.read() == ""
+    finally:
+        group.stop()
