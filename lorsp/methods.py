@@ -152,6 +152,12 @@ def register_method(declared: Method) -> Method:
     return declared
 
 
+def unregister_method(name: str) -> None:
+    """Remove a method (a test's plugin, once the test is done); a built-in one stays removed
+    until the process restarts, so do not."""
+    _METHODS.pop(name, None)
+
+
 def methods() -> tuple[Method, ...]:
     """Every registered method, in registration order (the built-in ones first)."""
     return tuple(_METHODS.values())
