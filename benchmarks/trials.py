@@ -18,7 +18,7 @@ began, and the ``setup_s`` that ``train_loop`` reports splits that wait into the
 model, moving the data to the device). A trial's total overhead is its wall time minus the sum of
 its ``epoch_time_s``.
 
-Modes (``resources.launcher`` of the study, see lorsp/config.py):
+Modes (``resources.launcher`` of the study, see lorsp/config/sections.py):
   ray_train  every trial fits a Ray Train ``TorchTrainer`` (Train V2 defaults): a controller and
              fresh worker processes per trial, each importing torch and timm.
   tuned      ray_train + Train V2 settings that cut per-trial work: no preemption-watcher actor,

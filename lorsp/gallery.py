@@ -176,10 +176,10 @@ def gallery_png(model: Any, split: ImageSplit, image_size: int, device: torch.de
 
 def title_for(study: Any, metrics: dict[str, float]) -> str:
     """Study, method and the settings it read, and the validation numbers: what tells galleries apart."""
-    from lorsp.prompts import PROMPTERS
+    from lorsp.methods import method
 
     prompt = study.prompt
-    knobs = PROMPTERS[prompt.method].knobs
+    knobs = method(prompt.method).knob_names
     settings = ", ".join(f"{k} {getattr(prompt, k):.3g}" if isinstance(getattr(prompt, k), float)
                          else f"{k} {getattr(prompt, k)}" for k in knobs)
     numbers = "  ".join(f"{k} {metrics[k]:.3g}" for k in ("val_acc", "prompt_density") if k in metrics)

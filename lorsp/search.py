@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from lorsp.config import ConfigError, SpaceParam, StudyConfig, space_target, stored_study
 from lorsp.layout import default_root, embedded_uri, storage_uri  # noqa: F401 (the study folder's, re-exported)
+from lorsp.methods import methods
 from lorsp.pareto import TrialRecord, rank_trials
 
 # User attributes of every Optuna trial (written by lorsp.tune's searcher).
@@ -49,10 +50,9 @@ def _distribution(knob: SpaceParam) -> BaseDistribution:
 
 
 def method_knobs() -> dict[str, tuple[str, ...]]:
-    """Prompt settings each method uses: the prompters' own `knobs`, the one place that says it."""
-    from lorsp.prompts import PROMPTERS
-
-    return {name: cls.knobs for name, cls in PROMPTERS.items()}
+    """Prompt settings each method reads, from the methods' declarations (:mod:`lorsp.methods`),
+    the one place that says it (plugin methods included)."""
+    return {m.name: m.knob_names for m in methods()}
 
 
 def study_methods(study: StudyConfig) -> list[str]:

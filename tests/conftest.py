@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+#: The methods lorsp ships (a test's plugin method, once registered, is in the registry too).
+BUILTIN_METHODS = ("none", "pad", "lorvp", "lorsp", "spike_nvpt")
 
 # Keep torch from spreading one test over every core while Ray runs beside it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -323,7 +323,8 @@ def test_robust_and_energy_metrics_are_objectives(write_study):
         ({"eval.noise_std": [-0.1]}, "eval.noise_std: every level must be a finite std >= 0"),
         ({"eval.corruptions": ["blur"]},
          "eval.corruptions: unknown key; remove it or use one of: noise_std, noise_seed"),
-        ({"prompt.lorsp_mode": "factors"}, "prompt.lorsp_mode: Input should be 'pixel' or 'factor'"),
+        ({"prompt.lorsp_mode": "factors"},
+         "prompt.lorsp_mode: must be one of pixel, factor, got 'factors' (did you mean 'factor'?)"),
     ],
 )
 def test_noise_objectives_need_their_levels_and_never_the_test_split(write_study, overrides, expected):

@@ -11,9 +11,9 @@ from lorsp.config import load_study
 from lorsp.data import BatchIterator, load_splits_for
 from lorsp.evaluation import evaluate
 from lorsp.model import build_model
-from lorsp.prompts import PROMPTERS, create_prompter
+from lorsp.prompts import create_prompter
 from lorsp.prompts.energy import PJ_PER_AC, PJ_PER_MAC, EnergyOps
-from tests.conftest import QUICKSTART
+from tests.conftest import BUILTIN_METHODS, QUICKSTART
 
 TINY = ["train.epochs=1", "data.max_train=96", "data.batch_size=32", "data.image_size=8",
         "backbone.model=vit_micro_patch4_16", "backbone.pretrained=false"]
@@ -27,7 +27,7 @@ def test_horowitz_figures():
 
 
 def test_every_method_counts_its_operations():
-    for method in PROMPTERS:
+    for method in BUILTIN_METHODS:
         ops = create_prompter(method, 8).energy_ops(0.1)
         assert isinstance(ops, EnergyOps) and ops.macs >= 0 and ops.acs >= 0, method
 

@@ -7,9 +7,10 @@ import importlib.util
 import pytest
 import torch
 
-from lorsp.prompts import PROMPTERS, Prompter, create_prompter
+from lorsp.methods import method as declaration
+from lorsp.prompts import Prompter, create_prompter
 from lorsp.prompts.lif import _simulate, if_rate, lif_rate, reference_rate, signed_counts
-from tests.conftest import lif_spike_counts
+from tests.conftest import BUILTIN_METHODS, lif_spike_counts
 
 L = 16
 #: the fast path runs without SpikingJelly (e.g. on the GPU machine); only comparisons need it
@@ -55,7 +56,7 @@ def test_pad_wider_than_half_image_raises() -> None:
 @pytest.mark.parametrize("L,r,K,p", [(16, 1, 1, 1), (32, 4, 3, 4), (24, 7, 2, 12), (224, 16, 4, 30)])
 @pytest.mark.parametrize("low_rank", [False, True])
 def test_parameter_counts_match_design(L: int, r: int, K: int, p: int, low_rank: bool) -> None:
-    for method in PROMPTERS:
+    for method in BUILTIN_METHODS:
         prompter = create_prompter(method, L, rank=r, factors=K, pad_width=p, low_rank=low_rank)
         expected = _expected_params(method, L, r, K, p, low_rank)
         assert prompter.num_prompt_params() == expected, method
@@ -82,7 +83,7 @@ def _toy_target(x: torch.Tensor) -> torch.Tensor:
     return x + target
 
 
-@pytest.mark.parametrize("method", sorted(PROMPTERS))
+@pytest.mark.parametrize("method", sorted(BUILTIN_METHODS))
 def test_keeps_shape_and_trains(method: str) -> None:
     torch.manual_seed(0)
     prompter = create_prompter(method, L, rank=2, factors=2, threshold=0.3, pad_width=4)
@@ -105,7 +106,7 @@ def test_keeps_shape_and_trains(method: str) -> None:
     assert all(not torch.equal(b, q) for b, q in zip(before, prompter.parameters()))
 
 
-@pytest.mark.parametrize("method", sorted(PROMPTERS))
+@pytest.mark.parametrize("method", sorted(BUILTIN_METHODS))
 def test_stats_are_detached_scalars(method: str) -> None:
     prompter = create_prompter(method, L, threshold=0.3)
     prompter(_images())
@@ -450,10 +451,12 @@ def test_fast_lif_no_grad_path_matches_grad_path() -> None:
 
 
 def test_prompters_are_prompter_subclasses() -> None:
-    assert set(PROMPTERS) == {"none", "pad", "lorvp", "lorsp", "spike_nvpt"}
-    for name, cls in PROMPTERS.items():
+    assert set(BUILTIN_METHODS) == {"none", "pad", "lorvp", "lorsp", "spike_nvpt"}
+    for name in BUILTIN_METHODS:
+        cls = declaration(name).load()
         assert issubclass(cls, Prompter) and cls.method == name
-    assert {n for n, c in PROMPTERS.items() if c.spiking} == {"lorsp", "spike_nvpt"}
+        assert create_prompter(name, 8).spiking == declaration(name).spiking
+    assert {n for n in BUILTIN_METHODS if declaration(n).spiking} == {"lorsp", "spike_nvpt"}
 
 
 # --- LoRSP's fused prompt: one simulation for the ±I pair, one saved derivative per factor -----

@@ -10,7 +10,6 @@ import optuna
 import pytest
 
 from lorsp.config import ConfigError, load_study
-from lorsp.prompts import PROMPTERS
 from lorsp.search import (
     CHECKPOINT,
     INTERRUPTIONS,
@@ -89,15 +88,25 @@ def test_a_per_method_range_for_a_method_that_ignores_the_knob_is_refused(tmp_pa
                               "remove that entry")
 
 
-def test_knob_ownership_comes_from_the_prompters():
-    assert method_knobs() == {name: cls.knobs for name, cls in PROMPTERS.items()}
-    # The config's method list and the prompter registry are one list, and the config's `prompt`
-    # section holds exactly the knobs the prompters read (plus `method`): one place for each.
-    from lorsp.config import PROMPT_METHODS, PromptConfig
-    from lorsp.prompts import KNOBS
+def test_the_method_registry_is_the_only_list_of_methods_and_knobs():
+    """Knob ownership, the config's methods and the `prompt` section's keys all come from the
+    declarations in lorsp.methods: no second list exists to fall out of step with them."""
+    import lorsp.config
+    from lorsp.config import PromptConfig, prompt_keys
+    from lorsp.methods import knobs, method_names, methods
 
-    assert set(PROMPT_METHODS) == set(PROMPTERS)
-    assert set(PromptConfig.model_fields) == KNOBS | {"method"}
+    assert method_knobs() == {m.name: m.knob_names for m in methods()}
+    assert set(prompt_keys()) == set(knobs()) | {"method"}
+    assert set(PromptConfig().model_dump()) == set(prompt_keys())
+    assert not hasattr(lorsp.config, "PROMPT_METHODS")
+    for name in method_names():  # every method's class is where its declaration says
+        assert declaration_class(name).method == name
+
+
+def declaration_class(name: str) -> type:
+    from lorsp.methods import method
+
+    return method(name).load()
 
 
 def test_used_knobs_keeps_train_knobs_for_every_method(tmp_path):

@@ -9,6 +9,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from lorsp.methods import Method, method
+
 from .energy import EnergyOps
 
 
@@ -21,10 +23,10 @@ class Prompter(nn.Module):
     always describes the last batch without any host synchronisation in the training step.
     """
 
+    #: the name of the :class:`lorsp.methods.Method` that declares this prompter's knobs; a subclass
+    #: takes each declared knob as a keyword argument without a default (:func:`lorsp.prompts.create_prompter`
+    #: fills in the declared default and checks the range, so neither is written twice)
     method: ClassVar[str]
-    spiking: ClassVar[bool] = False
-    #: the ``create_prompter`` keyword arguments this method uses (the others are not passed)
-    knobs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, image_size: int) -> None:
         super().__init__()
@@ -33,6 +35,15 @@ class Prompter(nn.Module):
         self.image_size = int(image_size)
         self._density: Tensor = torch.zeros(())
         self._firing_rate: Tensor = torch.zeros(())
+
+    @property
+    def declaration(self) -> Method:
+        """This method's declaration: its knobs, their ranges and defaults, whether it spikes."""
+        return method(self.method)
+
+    @property
+    def spiking(self) -> bool:
+        return self.declaration.spiking
 
     def forward(self, x: Tensor) -> Tensor:
         """Prompted batch ``x + prompt``; not clamped, because LoR-VP does not clamp either."""
@@ -99,18 +110,3 @@ def full_precision(device: torch.device) -> Iterator[None]:
 def low_rank_product(B: Tensor, A: Tensor) -> Tensor:
     """Per-channel ``B @ A`` ([..., 3, L, r] @ [..., 3, r, L]) in fp32: the LoR-VP prompt factor."""
     return torch.matmul(B.float(), A.float())
-
-
-def check_count(name: str, value: int) -> int:
-    """Integer knobs (rank, factors, timesteps) must be whole and >= 1; returns the int."""
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value}")
-    return int(value)
-
-
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Reject bad knobs at construction, not as NaNs halfway through a trial."""
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value}")

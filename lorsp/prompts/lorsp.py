@@ -14,12 +14,15 @@ import os
 import torch
 from torch import Tensor, nn
 
-from .base import Prompter, check_count, check_positive, full_precision, low_rank_product
+from lorsp.methods import LORSP_MODE
+
+from .base import Prompter, full_precision, low_rank_product
 from .energy import EnergyOps
 from .lif import count_dtype, lif_rate, reference_rate, signed_counts
 from .lorvp import A_INIT_STD
 
-LORSP_MODES = ("pixel", "factor")
+#: ``lorsp_mode`` choices, as declared in :data:`lorsp.methods.LORSP_MODE`
+LORSP_MODES: tuple[str, ...] = LORSP_MODE.choices
 #: factor mode: std of the entries of each P_k = B_k·A_k at initialisation, in [0, 1] pixel units.
 #: The gates start silent, so the prompt is 0 whatever P_k is; P_k must not be 0, because the
 #: gates' gradient is the projection of the loss gradient on P_k.
@@ -182,31 +185,24 @@ class LoRSPPrompter(Prompter):
     """
 
     method = "lorsp"
-    spiking = True
-    knobs = ("rank", "factors", "timesteps", "threshold", "decay", "surrogate_slope", "lorsp_mode")
 
     def __init__(
         self,
         image_size: int,
-        rank: int = 4,
-        factors: int = 1,
-        timesteps: int = 4,
-        threshold: float = 0.5,
-        decay: float = 0.5,
-        surrogate_slope: float = 4.0,
-        lorsp_mode: str = "pixel",
+        *,
+        rank: int,
+        factors: int,
+        timesteps: int,
+        threshold: float,
+        decay: float,
+        surrogate_slope: float,
+        lorsp_mode: str,
         reference: bool = False,
     ) -> None:
         super().__init__(image_size)
-        self.rank = check_count("rank", rank)
-        self.factors = check_count("factors", factors)
-        self.timesteps = check_count("timesteps", timesteps)
-        check_positive("threshold", threshold)
-        check_positive("surrogate_slope", surrogate_slope)
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must be in (0, 1) so that tau = 1/decay > 1, got {decay}")
-        if lorsp_mode not in LORSP_MODES:
-            raise ValueError(f"lorsp_mode must be one of {', '.join(LORSP_MODES)}, got {lorsp_mode!r}")
+        self.rank = int(rank)
+        self.factors = int(factors)
+        self.timesteps = int(timesteps)
         self.threshold = float(threshold)
         self.decay = float(decay)
         self.tau = 1.0 / self.decay

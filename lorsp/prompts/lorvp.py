@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Prompter, check_count, full_precision, low_rank_product
+from .base import Prompter, full_precision, low_rank_product
 from .energy import EnergyOps, static_prompt_ops
 
 #: LoR-VP's init scale for A; with B = 0 the prompt starts at exactly zero.
@@ -20,11 +20,10 @@ class LoRVPPrompter(Prompter):
     """
 
     method = "lorvp"
-    knobs = ("rank",)
 
-    def __init__(self, image_size: int, rank: int = 4) -> None:
+    def __init__(self, image_size: int, *, rank: int) -> None:
         super().__init__(image_size)
-        self.rank = check_count("rank", rank)
+        self.rank = int(rank)
         size = self.image_size
         self.B = nn.Parameter(torch.zeros(3, size, self.rank))
         self.A = nn.Parameter(torch.randn(3, self.rank, size) * A_INIT_STD)

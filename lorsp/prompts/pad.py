@@ -19,12 +19,11 @@ class PadPrompter(Prompter):
     """
 
     method = "pad"
-    knobs = ("pad_width",)
 
-    def __init__(self, image_size: int, pad_width: int = 4) -> None:
+    def __init__(self, image_size: int, *, pad_width: int) -> None:
         super().__init__(image_size)
         size, p = self.image_size, int(pad_width)
-        if not 1 <= p <= size // 2:
+        if not p <= size // 2:  # >= 1 is the declaration's (lorsp.methods.PAD_WIDTH); this bound needs the size
             raise ValueError(f"pad_width must be in [1, {size // 2}] for image_size {size}, got {pad_width}")
         self.pad_width = p
         inner = size - 2 * p

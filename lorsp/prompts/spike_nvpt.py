@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Prompter, check_count, check_positive, full_precision, low_rank_product
+from .base import Prompter, full_precision, low_rank_product
 from .energy import EnergyOps, static_prompt_ops
 from .lif import heaviside, if_rate, reference_rate
 from .lorvp import A_INIT_STD
@@ -34,25 +34,21 @@ class SpikeNVPTPrompter(Prompter):
     """
 
     method = "spike_nvpt"
-    spiking = True
-    knobs = ("rank", "timesteps", "threshold", "surrogate_slope", "noise_std", "low_rank")
 
     def __init__(
         self,
         image_size: int,
-        rank: int = 4,
-        timesteps: int = 4,
-        threshold: float = 0.5,
-        surrogate_slope: float = 4.0,
-        noise_std: float = 0.1,
-        low_rank: bool = False,
+        *,
+        rank: int,
+        timesteps: int,
+        threshold: float,
+        surrogate_slope: float,
+        noise_std: float,
+        low_rank: bool,
         reference: bool = False,
     ) -> None:
         super().__init__(image_size)
-        self.timesteps = check_count("timesteps", timesteps)
-        check_positive("threshold", threshold)
-        check_positive("surrogate_slope", surrogate_slope)
-        check_positive("noise_std", noise_std, allow_zero=True)
+        self.timesteps = int(timesteps)
         self.threshold = float(threshold)
         self.surrogate_slope = float(surrogate_slope)
         self.noise_std = float(noise_std)
@@ -61,7 +57,7 @@ class SpikeNVPTPrompter(Prompter):
         L = self.image_size
         start = INIT_CURRENT * self.threshold
         if self.low_rank:
-            self.rank = check_count("rank", rank)
+            self.rank = int(rank)
             level = math.sqrt(start / self.rank)
             self.B = nn.Parameter(torch.full((3, L, self.rank), level))
             self.A = nn.Parameter(level + torch.randn(3, self.rank, L) * A_INIT_STD)
