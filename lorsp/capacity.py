@@ -13,6 +13,7 @@ node type is refused there, never a total.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from lorsp.config import ConfigError, ResourcesConfig
 
@@ -107,7 +108,8 @@ def autoscaler_node_types() -> list[dict[str, float]] | None:
 
     Ray publishes the autoscaler's cluster config only through a private state accessor: this is the
     one place lorsp reads it, and any failure to read it counts as "no autoscaler" (the check then
-    holds the request against the live nodes alone).
+    holds the request against the live nodes alone). Because that failure is silent,
+    tests/test_capacity.py fails loudly if Ray moves the accessor or reshapes its answer.
     """
     try:
         from ray._private.state import state
@@ -115,6 +117,11 @@ def autoscaler_node_types() -> list[dict[str, float]] | None:
         config = state.get_cluster_config()
     except Exception:
         return None
+    return node_types_of(config)
+
+
+def node_types_of(config: Any) -> list[dict[str, float]] | None:
+    """The node types of an autoscaler cluster config (Ray's `autoscaler_pb2.ClusterConfig`)."""
     if config is None or not config.node_group_configs:
         return None
-    return [dict(group.resources) for group in config.node_group_configs]
+    return [{name: float(amount) for name, amount in group.resources.items()} for group in config.node_group_configs]

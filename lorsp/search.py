@@ -194,56 +194,6 @@ def next_balanced_cell(found: optuna.Study, cells: list[dict[str, Any]]) -> dict
     return cells[min(range(len(cells)), key=lambda i: (counts[i], i))]
 
 
-# ---------------------------------------------------------------- the sampler
-def sampler_seed(study: StudyConfig, history: int) -> int:
-    """The sampler's seed for a run that starts with `history` trials in the study.
-
-    A fresh study uses `search.seed` itself, so a search is reproducible from its seed; a resumed
-    one mixes in how many trials the study already has, so a rebuilt sampler does not replay the
-    proposals it made before the interruption (the same seed would propose trials 0, 1, ... again).
-    """
-    if history == 0:
-        return study.search.seed
-    import numpy as np
-
-    return int(np.random.SeedSequence([study.search.seed, history]).generate_state(1)[0])
-
-
-class PicklableNSGAII(optuna.samplers.NSGAIISampler):
-    """NSGA-II that survives a pickle: Ray Tune pickles its searcher, sampler included, when the
-    experiment starts and at every snapshot, and Optuna 5.1's genetic-algorithm base keeps a thread
-    lock without a `__getstate__`, so a plain NSGAIISampler stopped every nsga2 study before its first
-    trial. The lock (a private attribute: the one place lorsp names it; tests/test_search.py fails
-    loudly if Optuna renames it) is left out of the pickle and made anew on loading."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_thread_lock", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        import threading
-
-        self.__dict__.update(state)
-        self._thread_lock = threading.Lock()
-
-
-def create_sampler(study: StudyConfig, history: int = 0) -> optuna.samplers.BaseSampler:
-    seed = sampler_seed(study, history)
-    s = study.search
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if s.sampler == "tpe":
-            # group: the conditional space (each method its own knobs) is modelled per group of
-            # knobs that occur together; constant_liar keeps concurrent trials apart.
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-        if s.sampler == "nsga2":
-            return PicklableNSGAII(seed=seed)
-        if s.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=seed)
-        return optuna.samplers.RandomSampler(seed=seed)
-
-
 # ---------------------------------------------------------------- the stored study
 class StudyStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage whose pickles carry its URI without the password.
@@ -301,15 +251,21 @@ def existing_study(storage: optuna.storages.BaseStorage, name: str) -> optuna.St
         return None
 
 
-def mark_interrupted(storage: optuna.storages.BaseStorage, trial: optuna.trial.FrozenTrial | Any,
+def storage_trial_id(storage: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
+    """The storage's own id of trial `number` of a study: what Optuna's public storage methods take
+    (a Study and its trials name trials by number, and keep the storage id to themselves)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def mark_interrupted(storage: optuna.storages.BaseStorage, study_name: str, number: int,
                      checkpoint: str | None = None) -> None:
-    """Put a trial that the driver stopped back in the queue (WAITING), with where it got to.
+    """Put trial `number`, which the driver stopped, back in the queue (WAITING), with where it got to.
 
     Optuna lets a RUNNING trial return to WAITING (only finished trials are frozen), and its next
     ``ask()`` hands the oldest WAITING trial out again with its parameters already set: the resumed
     run is the same trial, under the same number, instead of a FAIL plus a copy.
     """
-    trial_id = trial._trial_id
+    trial_id = storage_trial_id(storage, study_name, number)
     attrs = storage.get_trial(trial_id).user_attrs
     storage.set_trial_user_attr(trial_id, INTERRUPTIONS, int(attrs.get(INTERRUPTIONS, 0)) + 1)
     if checkpoint:
@@ -370,7 +326,7 @@ def prepare_study(study: StudyConfig, storage: optuna.storages.BaseStorage, resu
             created.set_metric_names([o.metric for o in study.objectives])
         return study_counts(study, None)
     for t in found.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        mark_interrupted(storage, t)
+        mark_interrupted(storage, study.name, t.number)
     return study_counts(study, found)
 
 

@@ -1,26 +1,34 @@
-"""The Ray Tune searcher of a study: Ray's OptunaSearch, told how lorsp trials end.
+"""The Ray Tune searcher of a study: Ray's public `Searcher` over Optuna's ask-and-tell.
 
-Ray's OptunaSearch asks the Optuna study for each trial and tells it the result. lorsp adds what
-that leaves out: the conditional space (each method samples only its own knobs, define-by-run), a
+Each Tune trial is one Optuna trial: :meth:`StudySearcher.suggest` asks the stored study for a
+trial and samples the conditional space on it (each method only its own knobs, define-by-run),
+:meth:`StudySearcher.on_trial_complete` tells the study how the trial ended. What lorsp adds: a
 budget shared equally among the cells of the `balanced` knobs, the outcome rules of
 :mod:`lorsp.outcome` (a trial stopped early is PRUNED, never COMPLETE with partial values), the
-metrics and checkpoint of every trial as Optuna attributes, and trials that the driver stops
-going back to the queue (WAITING) with their last checkpoint, so that ``--resume`` finishes them.
+metrics and checkpoint of every trial as Optuna attributes, and trials that the driver stops going
+back to the queue (WAITING) with their last checkpoint, so that ``--resume`` finishes them.
+
+Its own class over public APIs only, rather than a subclass of Ray's OptunaSearch reading that
+class's private state: Ray may rename its internals in any release, Optuna its trial ids too; the
+storage is named here by the public storage methods (:func:`lorsp.search.storage_trial_id`).
 """
 
 from __future__ import annotations
 
 import math
+import pickle
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune import Callback
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from lorsp.config import StudyConfig
 from lorsp.metrics import reported
 from lorsp.outcome import ERROR_KEY, Outcome, outcome_of
+from lorsp.samplers import create_sampler
 from lorsp.search import (
     CHECKPOINT,
     EPOCHS_DONE,
@@ -31,57 +39,88 @@ from lorsp.search import (
     TUNE_TRIAL_ID,
     ConditionalSpace,
     balanced_cells,
-    create_sampler,
     knob_params,
     mark_interrupted,
     next_balanced_cell,
+    storage_trial_id,
 )
 
 
-class StudySearcher(OptunaSearch):
+@dataclass(frozen=True)
+class Asked:
+    """The Optuna trial a Tune trial got: its number (what the study names it by), its id in the
+    storage (what the storage's methods take), and the config handed to Tune."""
+
+    number: int
+    storage_id: int
+    config: dict[str, Any]
+
+
+class StudySearcher(Searcher):
+    """Asks the stored study for each Tune trial and tells it how the trial ended.
+
+    It never answers ``None`` or ``Searcher.FINISHED``: the driver sets Tune's `num_samples` to the
+    trials still to run, and Tune's ConcurrencyLimiter (from `max_concurrent_trials`) holds back
+    suggestions beyond `search.max_concurrent`. Tune pickles it (with the study, its sampler and its
+    `StudyStorage`, whose pickle carries no password) into the experiment folder.
+    """
+
     def __init__(self, study: StudyConfig, storage: optuna.storages.BaseStorage, history: int) -> None:
         self._objectives = [o.metric for o in study.objectives]
+        super().__init__(metric=self._objectives, mode=[o.mode for o in study.objectives])
         self._cells = balanced_cells(study)
-        self.methods = list(study.space["method"].choices) if "method" in study.space else [study.prompt.method]
-        super().__init__(space=ConditionalSpace(study), metric=self._objectives,
-                         mode=[o.mode for o in study.objectives], sampler=create_sampler(study, history),
-                         study_name=study.name, storage=storage)
+        self._space = ConditionalSpace(study)
+        self.storage = storage  # the study's storage: where trial attributes and states are written
+        self.study = optuna.load_study(study_name=study.name, storage=storage, sampler=create_sampler(study, history),
+                                       pruner=optuna.pruners.NopPruner())  # multi-objective: never pruned by Optuna
+        self._asked: dict[str, Asked] = {}
+        self._ended: set[str] = set()
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        """Refuse a Tune `param_space`: the space is the study's own (its file's `space:`)."""
+        return False
 
     # ------------------------------------------------------------ asking
     def suggest(self, trial_id: str) -> dict | None:
-        if trial_id not in self._ot_trials and self._cells:
+        if trial_id in self._asked:
+            return self._asked[trial_id].config
+        if self._cells:
             self._enqueue_balanced()
-        params = super().suggest(trial_id)
-        if not isinstance(params, dict):
-            return params
-        params = knob_params(params)  # `lr@none` is Optuna's name for the probe's lr; the trial sets lr
-        ot_trial = self._ot_trials[trial_id]
-        attrs = ot_trial.user_attrs
-        ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+        trial = self.study.ask()
+        self._space(trial)  # define-by-run: the method first, then only the knobs it reads
+        params = knob_params(trial.params)  # `lr@none` is Optuna's name for the probe's lr; the trial sets lr
+        attrs = trial.user_attrs
+        trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
         # A trial popped from the queue after an interruption continues from where it got to.
         resume_from = attrs.get(CHECKPOINT) if attrs.get(INTERRUPTIONS) else None
-        params[TRIAL_KEY] = {"number": ot_trial.number, "resume_from": resume_from}
+        params[TRIAL_KEY] = {"number": trial.number, "resume_from": resume_from}
+        self._asked[trial_id] = Asked(trial.number, storage_trial_id(self.storage, self.study.study_name,
+                                                                     trial.number), params)
         return params
 
     def _enqueue_balanced(self) -> None:
         """Fix the balanced knobs of the next new trial to their least-used cell (Optuna's queue)."""
-        if self._ot_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return  # an interrupted trial is next; it has its cell already
-        self._ot_study.enqueue_trial(next_balanced_cell(self._ot_study, self._cells))
+        self.study.enqueue_trial(next_balanced_cell(self.study, self._cells))
 
     # ------------------------------------------------------------ telling
+    def _running(self, trial_id: str) -> Asked | None:
+        """The Optuna trial of a Tune trial this searcher handed out and has not ended yet."""
+        return None if trial_id in self._ended else self._asked.get(trial_id)
+
     def record_checkpoint(self, trial_id: str, path: str, epoch: int | None) -> None:
         """Keep a running trial's latest checkpoint in Optuna: it is where an interrupted trial resumes."""
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
+        asked = self._running(trial_id)
+        if asked is None:
             return
-        ot_trial.set_user_attr(CHECKPOINT, str(path))
+        self.storage.set_trial_user_attr(asked.storage_id, CHECKPOINT, str(path))
         if epoch is not None:
-            ot_trial.set_user_attr(EPOCHS_DONE, int(epoch))
+            self.storage.set_trial_user_attr(asked.storage_id, EPOCHS_DONE, int(epoch))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials:
+        asked = self._running(trial_id)
+        if asked is None:
             return
         result = result or {}
         outcome = outcome_of(result, errored=error)
@@ -92,30 +131,40 @@ class StudySearcher(OptunaSearch):
             if bad:
                 outcome = Outcome("FAIL", outcome.epochs, f"objective {', '.join(bad)} missing or not finite")
                 values = None
-        ot_trial.set_user_attr(EPOCHS_DONE, outcome.epochs)
-        for name in reported(result):
-            if _finite(result.get(name)):
-                ot_trial.set_user_attr(METRICS_PREFIX + name, float(result[name]))
+        attrs: dict[str, Any] = {EPOCHS_DONE: outcome.epochs}
+        attrs.update({METRICS_PREFIX + name: float(result[name]) for name in reported(result)
+                      if _finite(result.get(name))})
         if result.get(CHECKPOINT):
-            ot_trial.set_user_attr(CHECKPOINT, str(result[CHECKPOINT]))
+            attrs[CHECKPOINT] = str(result[CHECKPOINT])
         if outcome.error:
-            ot_trial.set_user_attr(ERROR, outcome.error)
-        self._ot_study.tell(ot_trial, values, state=getattr(TrialState, outcome.optuna_state))
-        self._completed_trials.add(trial_id)
+            attrs[ERROR] = outcome.error
+        for key, value in attrs.items():
+            self.storage.set_trial_user_attr(asked.storage_id, key, value)
+        self.study.tell(asked.number, values, state=getattr(TrialState, outcome.optuna_state))
+        self._ended.add(trial_id)
 
     def interrupt_unfinished(self) -> int:
         """Put every trial this searcher handed out and that did not end back in the queue."""
-        storage = self._ot_study._storage
         count = 0
-        for trial_id, ot_trial in self._ot_trials.items():
-            if trial_id in self._completed_trials:
+        for trial_id, asked in self._asked.items():
+            if trial_id in self._ended:
                 continue
-            self._completed_trials.add(trial_id)
-            if storage.get_trial(ot_trial._trial_id).state != TrialState.RUNNING:
+            self._ended.add(trial_id)
+            if self.storage.get_trial(asked.storage_id).state != TrialState.RUNNING:
                 continue
-            mark_interrupted(storage, ot_trial)
+            mark_interrupted(self.storage, self.study.study_name, asked.number)
             count += 1
         return count
+
+    # ------------------------------------------------------------ Tune's snapshots
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's searcher snapshot (`searcher-state-*.pkl`): the whole searcher, sampler state included."""
+        with open(checkpoint_path, "wb") as out:
+            pickle.dump(self.__dict__.copy(), out)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as src:
+            self.__dict__.update(pickle.load(src))
 
     def checkpoint_callback(self) -> Callback:
         """A Tune callback that hands each stored checkpoint to :meth:`record_checkpoint`.

@@ -60,3 +60,20 @@ def test_tune_reserves_the_trials_own_bundles():
     (driver,) = tune_bundles(ddp, streaming=False)
     assert driver["CPU"] == 0 and driver["node:__internal_head__"] > 0
     assert len(trial_bundles(ddp, streaming=False)) == 3  # the driver and two workers
+
+
+def test_the_autoscalers_config_is_where_lorsp_reads_it():
+    """The one private Ray accessor lorsp calls (capacity.autoscaler_node_types) turns any failure
+    into "no autoscaler", so a Ray that moved it would silently drop the node types: fail loudly here."""
+    from ray._private.state import state
+    from ray.core.generated import autoscaler_pb2
+
+    from lorsp.capacity import node_types_of
+
+    assert callable(state.get_cluster_config)
+    config = autoscaler_pb2.ClusterConfig(node_group_configs=[
+        autoscaler_pb2.NodeGroupConfig(resources={"CPU": 8, "GPU": 1}, max_count=2),
+        autoscaler_pb2.NodeGroupConfig(resources={"CPU": 4}, max_count=1),
+    ])
+    assert node_types_of(config) == [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 4.0}]
+    assert node_types_of(autoscaler_pb2.ClusterConfig()) is None and node_types_of(None) is None

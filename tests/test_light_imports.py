@@ -11,7 +11,7 @@ import sys
 from tests.conftest import REPO
 
 # The modules the search's command line imports before it runs a trial.
-LIGHT_MODULES = ("lorsp.errors", "lorsp.config", "lorsp.search", "lorsp.searcher", "lorsp.tune")
+LIGHT_MODULES = ("lorsp.errors", "lorsp.config", "lorsp.search", "lorsp.samplers", "lorsp.searcher", "lorsp.tune")
 
 
 def test_command_line_modules_do_not_import_torch():

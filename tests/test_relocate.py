@@ -62,3 +62,28 @@ def test_recorded_paths_are_found_under_the_new_root(tmp_path: Path):
     assert under_root("/gone/nowhere/checkpoint_9", tmp_path / "new") == "/gone/nowhere/checkpoint_9"
     assert under_root("s3://bucket/ray/x", tmp_path / "new") == "s3://bucket/ray/x"
     assert under_root(None, tmp_path) is None
+
+
+def test_a_copy_repointed_in_the_same_process_uploads_into_itself(tmp_path: Path):
+    """lorsp's client finds the run's artifact store afresh (lorsp/tracking/client.py): MLflow's own
+    client keeps, process-wide and by run id, the store it first found, and so writes a re-pointed
+    run's new artifacts into the original folder (or to a server's old address)."""
+    from mlflow import MlflowClient
+
+    from lorsp.tracking.client import TrackingClient
+
+    original = tmp_path / "head"
+    _, run = _store(original)  # MLflow's client logged into the original: it remembers that store
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    copy_uri = f"sqlite:///{copy / 'mlflow.db'}"
+    assert relocate_store(copy_uri)
+    runs = [root / ARTIFACTS_DIR / "my study" / run / "artifacts" for root in (original, copy)]
+    (tmp_path / "late.txt").write_text("late")
+    TrackingClient(tracking_uri=copy_uri).log_artifact(run, str(tmp_path / "late.txt"), "notes")
+    TrackingClient(tracking_uri=copy_uri).log_text(run, "text", "notes/text.txt")
+    assert (runs[1] / "notes" / "late.txt").read_text() == "late" and (runs[1] / "notes" / "text.txt").is_file()
+    assert not (runs[0] / "notes" / "late.txt").exists() and not (runs[0] / "notes" / "text.txt").exists()
+    # Why: MLflow's client sends the same upload to the store it remembers, the original.
+    MlflowClient(tracking_uri=copy_uri).log_artifact(run, str(tmp_path / "late.txt"), "stale")
+    assert (runs[0] / "stale" / "late.txt").exists() and not (runs[1] / "stale").exists()

@@ -10,19 +10,18 @@ import optuna
 import pytest
 
 from lorsp.config import ConfigError, load_study
+from lorsp.samplers import create_sampler, sampler_seed
 from lorsp.search import (
     CHECKPOINT,
     INTERRUPTIONS,
     ConditionalSpace,
     balanced_cells,
-    create_sampler,
     knob_params,
     mark_interrupted,
     method_knobs,
     next_balanced_cell,
     prepare_study,
     rdb_storage,
-    sampler_seed,
     storage_uri,
     unused_knobs,
     used_knobs,
@@ -188,7 +187,7 @@ def test_interrupted_trial_waits_and_comes_back_with_its_number_and_params(tmp_p
     second = ot.ask()
     lr = second.suggest_float("lr", 1e-3, 1e-1, log=True)
     second.set_user_attr(CHECKPOINT, "/somewhere/checkpoint_000001")
-    mark_interrupted(storage, second)
+    mark_interrupted(storage, "queue", second.number)
     stored = ot.trials[1]
     assert stored.state == optuna.trial.TrialState.WAITING and stored.user_attrs[INTERRUPTIONS] == 1
     third = ot.ask()  # whoever asks next gets the interrupted trial back, not a new one
@@ -232,8 +231,6 @@ def test_a_new_study_carries_its_objective_names_and_a_refused_one_writes_nothin
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp", "random"])
 def test_every_sampler_survives_the_pickle_ray_tune_makes_of_its_searcher(sampler):
     import pickle
-
-    from lorsp.search import create_sampler
 
     study = load_study(QUICKSTART, [f"search.sampler={sampler}"])
     copy = pickle.loads(pickle.dumps(create_sampler(study)))

@@ -114,12 +114,12 @@ class Store:
     """The study's MLflow experiment in one tracking store (a thin layer over MlflowClient)."""
 
     def __init__(self, study: StudyConfig, uri: str, experiment_id: str) -> None:
-        from mlflow import MlflowClient
+        from lorsp.tracking.client import TrackingClient  # uploads that a moved store cannot send astray
 
         self.study = study.redacted()  # what the store records of the study: its URIs without passwords
         self.uri = uri
         self.experiment_id = experiment_id
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = TrackingClient(tracking_uri=uri)
 
     # ------------------------------------------------------------ runs
     def find_parent(self) -> Any | None:
@@ -224,18 +224,6 @@ class Store:
         return run.info.run_id
 
 
-def _forget_artifact_repos() -> None:
-    """MLflow caches each run's artifact repository process-wide, keyed by run id only: after a
-    server came back at another address (re-log), the cached entry would still point at the old
-    one. Connecting afresh drops that cache (it only saves a lookup per run)."""
-    try:
-        from mlflow.tracking._tracking_service import utils
-
-        utils._artifact_repos_cache.clear()
-    except (ImportError, AttributeError):
-        pass
-
-
 def connect(study: StudyConfig, uri: str | None = None) -> Store:
     """Open (creating if needed) the study's experiment; every failure is one-line ConfigError.
 
@@ -254,7 +242,6 @@ def connect(study: StudyConfig, uri: str | None = None) -> Store:
     from mlflow import MlflowClient
     from mlflow.entities import LifecycleStage
 
-    _forget_artifact_repos()
     try:
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(study.name)
