@@ -32,12 +32,12 @@ def test_a_single_run_uses_its_methods_own_default():
     study = load_study(QUICKSTART)
     probe = study.space["lr"].per_method["none"]
     assert study.resolved().train.lr == study.space["lr"].default == 0.05  # lorsp, the method's default
-    assert load_study(QUICKSTART, ["prompt.method=none"]).resolved().train.lr == probe["default"] == 0.3
-    assert load_study(QUICKSTART, ["space.method.default=none"]).resolved().train.lr == 0.3
+    assert load_study(QUICKSTART, ["prompt.method=none"]).resolved().train.lr == probe["default"] == 1.0
+    assert load_study(QUICKSTART, ["space.method.default=none"]).resolved().train.lr == 1.0
     assert load_study(QUICKSTART, ["prompt.method=lorvp"]).resolved().train.lr == 0.05
     assert load_study(QUICKSTART, ["prompt.method=none", "train.lr=0.7"]).resolved().train.lr == 0.7  # --set wins
     none = study.space["lr"].for_method("none")
-    assert (none.low, none.high, none.log, none.default) == (0.1, 1.0, True, 0.3)
+    assert (none.low, none.high, none.log, none.default) == (0.1, 4.0, True, 1.0)
     assert study.space["lr"].for_method("lorsp") == study.space["lr"].model_copy(update={"per_method": {}})
 
 
@@ -281,7 +281,7 @@ def test_stored_configs_of_earlier_versions_still_load():
     old["space"]["lr"].update(choices=None, balanced=False)
     assert stored_study(old).space == load_study(QUICKSTART).space
     assert "low" not in study.model_dump()["space"]["method"]  # lorsp's own dumps read back
-    assert study.space["lr"].per_method == {"none": {"low": 0.1, "high": 1.0, "default": 0.3}}
+    assert study.space["lr"].per_method == {"none": {"low": 0.1, "high": 4.0, "default": 1.0}}
     assert "per_method" not in study.model_dump()["space"]["rank"]  # left out where unused
     old["data"]["augment"] = False
     assert stored_study(old).data.augment == "none"
