@@ -142,7 +142,7 @@ def confirmed_columns(study: StudyConfig, found: Any, records: list[TrialRecord]
 
 # ---------------------------------------------------------------- running
 def _jobs(study: StudyConfig, confirmations: list[Confirmation], seeds: list[int]) -> list[dict[str, Any]]:
-    from lorsp.search import TRIAL_KEY
+    from lorsp.keys import TRIAL_KEY
 
     jobs = []
     for c in confirmations:
@@ -158,10 +158,10 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
     """Train every (configuration, seed) not yet done as one Ray Tune run; returns how many ran."""
     from ray import tune
 
+    from lorsp.keys import TRIAL_KEY
     from lorsp.layout import ray_folder
     from lorsp.metrics import reported
     from lorsp.outcome import outcome_of
-    from lorsp.search import TRIAL_KEY
     from lorsp.trial import JOB_KEY, TRIAL_RETRIES, share_data, trainable
     from lorsp.tune import QUIET_TUNE_CONSOLE, init_ray, tune_environment
 

@@ -12,7 +12,7 @@ Under the study's root (``tracking.root``, :func:`default_root`)::
 A checkpoint folder holds ``prompt.safetensors``, ``config.yaml``, ``state.pt`` and, after the last
 epoch, ``gallery.png``. The keys a trial is recorded under (its Tune trial id, its checkpoint path:
 one name each for the Optuna attribute, the Tune result and the MLflow tag) are
-:data:`lorsp.search.TUNE_TRIAL_ID` and :data:`lorsp.search.CHECKPOINT`.
+:data:`lorsp.keys.TUNE_TRIAL_ID` and :data:`lorsp.keys.CHECKPOINT`.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from typing import Any
 from ray.tune import Callback
 
 from lorsp.config import StudyConfig
+from lorsp.keys import TRIAL_KEY
 from lorsp.outcome import outcome_of
 from lorsp.pareto import TrialRecord
-from lorsp.search import TRIAL_KEY
 
 
 class ProgressCallback(Callback):

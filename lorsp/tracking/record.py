@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from lorsp.config import StudyConfig
+from lorsp.keys import CHECKPOINT
 from lorsp.layout import MLFLOW_DB, default_root, find_checkpoint
 from lorsp.outcome import outcome_of_state
 from lorsp.pareto import REFERENCE_RULE, TrialRecord, summarise
 from lorsp.report import plot_front, plot_fronts_by, trial_rows, write_table
-from lorsp.search import CHECKPOINT
 from lorsp.tracking.store import (
     CHECKPOINT_ARTIFACTS,
     Store,
