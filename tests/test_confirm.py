@@ -119,7 +119,7 @@ def test_confirm_runs_each_seed_once_and_records_in_mlflow(finished_study, tmp_p
                                         f"tags.`mlflow.parentRunId` = '{confirm_run.info.run_id}'")
         assert sorted(int(r.data.tags["lorsp.seed"]) for r in seeds_runs) == fresh_seeds(study, 3)
     # lorsp.pareto shows the confirmed columns.
-    from lorsp.pareto.__main__ import main as pareto_main
+    from lorsp.fronts import main as pareto_main
 
     assert pareto_main(["--name", "conf", "--root", str(root), "--out", str(tmp_path / "p"), "--no-plot"]) == 0
     assert "confirmed" in capsys.readouterr().out
