@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 def front_gallery(study: Any, front: list[Any], objectives: list[tuple[str, str]], png: Path) -> Path | None:
     """The galleries of the front's trials side by side, best first by the first objective; None
     (with a line saying why) when no member of the front has one."""
-    from lorsp.export import fetch_gallery, open_tracking
     from lorsp.gallery import side_by_side
+    from lorsp.tracking.files import fetch_gallery, open_tracking
 
     metric, mode = objectives[0]
     ranked = sorted(front, key=lambda r: (-1 if mode == "max" else 1) * float(r.values.get(metric, 0.0)))
@@ -122,7 +122,7 @@ def front_gallery(study: Any, front: list[Any], objectives: list[tuple[str, str]
 def knob_importance(study: Any, stored: Any, out: Path) -> list[Path]:
     """Print which knobs matter, write the table and plot under `out`, log both to the parent run."""
     from lorsp import importance
-    from lorsp.export import open_tracking
+    from lorsp.tracking.files import open_tracking
 
     rows = importance.knob_importances(stored, [o.metric for o in study.objectives])
     if not rows:

@@ -102,6 +102,17 @@ def find_checkpoint(study: StudyConfig, record: TrialRecord, tagged: str | None 
     return next(checkpoint_locations(study, record, tagged), None)
 
 
+def local_checkpoint(study: StudyConfig, record: TrialRecord, tagged: str | None,
+                     dest: Path) -> tuple[str, Path] | None:
+    """(location, local folder) of the first of :func:`checkpoint_locations` that holds the prompt
+    weights, copied under `dest` when remote; None when no checkpoint of the trial is left."""
+    for location in checkpoint_locations(study, record, tagged):
+        folder = fetch_checkpoint(location, dest / "ckpt")
+        if folder is not None and (folder / CHECKPOINT_FILES[0]).is_file():
+            return location, folder
+    return None
+
+
 def fetch_checkpoint(location: str, dest: Path) -> Path | None:
     """A local folder holding a Ray checkpoint: the folder itself, or a copy from remote storage."""
     folder = Path(location)
