@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                              "OUT/importance.csv and .png and logged to the study's parent MLflow run")
     args = parser.parse_args(argv)
 
-    from lorsp.confirm import confirmed_columns
+    from lorsp.confirmations import confirmed_columns
     from lorsp.metrics import is_bounded
     from lorsp.pareto import summarise
     from lorsp.report import plot_front, plot_fronts_by, print_front, print_fronts_by, trial_rows, write_table

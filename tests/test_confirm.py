@@ -9,13 +9,13 @@ import optuna
 import pytest
 
 from lorsp.config import load_study
-from lorsp.confirm import (
+from lorsp.confirmations import (
     Confirmation,
     fresh_seeds,
+    judge,
     mean_interval,
     store_result,
     stored_results,
-    summarise,
 )
 from tests.conftest import QUICKSTART
 
@@ -49,7 +49,7 @@ def test_front_on_the_means_decides_confirmed():
         Confirmation(2, {}, {"val_acc": 0.60}, runs(0.60, 0.61, 0.59, density=0.0, params=650.0)),
         Confirmation(3, {}, {"val_acc": 0.70}, {1: {"failed": 1.0, "error": "diverged"}}),
     ]
-    summarise(study, confirmations)
+    judge(study, confirmations)
     assert [c.confirmed for c in confirmations] == [False, True, True, None]
     assert confirmations[1].intervals["val_acc"][0] == pytest.approx(0.90)
     assert confirmations[1].intervals["test_acc"][0] == pytest.approx(0.90)  # reported beside the objectives
