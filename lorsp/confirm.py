@@ -59,8 +59,8 @@ def run_confirmation(study: StudyConfig, found: Any, confirmations: list[Confirm
     from lorsp.layout import ray_folder
     from lorsp.metrics import reported
     from lorsp.outcome import outcome_of
+    from lorsp.ray_session import QUIET_TUNE_CONSOLE, init_ray, tune_environment
     from lorsp.trial import JOB_KEY, TRIAL_RETRIES, share_data, trainable
-    from lorsp.tune import QUIET_TUNE_CONSOLE, init_ray, tune_environment
 
     jobs = _jobs(study, confirmations, seeds)
     if not jobs:
