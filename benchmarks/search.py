@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         args.arms = ["random", *args.arms]  # the baseline every figure is measured against
 
     from lorsp.config import load_study
-    from lorsp.tune import init_ray, shutdown_ray
+    from lorsp.ray_session import init_ray, shutdown_ray
 
     bounds = parameter_bounds(load_study(args.space, args.set))
     init_ray(None, num_cpus=args.cpus)

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lorsp.data import load_splits_for, plan_stream_for
-    from lorsp.tune import init_ray, shutdown_ray
+    from lorsp.ray_session import init_ray, shutdown_ray
 
     cores = os.cpu_count() or 1
     stream_cpus = args.stream_cpus or float(max(1, cores - 1))

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def load(path: str, **kwargs: Any):  # noqa: ANN201 - torch is imported lazily
     """Load an exported prompt (folder written by `python -m lorsp.export`) as a ready nn.Module."""
-    from lorsp.export import load_exported
+    from lorsp.bundle import load_exported
 
     return load_exported(path, **kwargs)
 

@@ -12,7 +12,7 @@ Under the study's root (``tracking.root``, :func:`default_root`)::
 A checkpoint folder holds ``prompt.safetensors``, ``config.yaml``, ``state.pt`` and, after the last
 epoch, ``gallery.png``. The keys a trial is recorded under (its Tune trial id, its checkpoint path:
 one name each for the Optuna attribute, the Tune result and the MLflow tag) are
-:data:`lorsp.search.TUNE_TRIAL_ID` and :data:`lorsp.search.CHECKPOINT`.
+:data:`lorsp.keys.TUNE_TRIAL_ID` and :data:`lorsp.keys.CHECKPOINT`.
 """
 
 from __future__ import annotations
@@ -100,6 +100,17 @@ def checkpoint_locations(study: StudyConfig, record: TrialRecord, tagged: str | 
 def find_checkpoint(study: StudyConfig, record: TrialRecord, tagged: str | None = None) -> str | None:
     """The first of :func:`checkpoint_locations`, or None."""
     return next(checkpoint_locations(study, record, tagged), None)
+
+
+def local_checkpoint(study: StudyConfig, record: TrialRecord, tagged: str | None,
+                     dest: Path) -> tuple[str, Path] | None:
+    """(location, local folder) of the first of :func:`checkpoint_locations` that holds the prompt
+    weights, copied under `dest` when remote; None when no checkpoint of the trial is left."""
+    for location in checkpoint_locations(study, record, tagged):
+        folder = fetch_checkpoint(location, dest / "ckpt")
+        if folder is not None and (folder / CHECKPOINT_FILES[0]).is_file():
+            return location, folder
+    return None
 
 
 def fetch_checkpoint(location: str, dest: Path) -> Path | None:

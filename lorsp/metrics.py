@@ -170,6 +170,13 @@ def metric(name: str) -> Metric:
     return METRICS[name]
 
 
+def is_bounded(name: str) -> bool:
+    """Whether `name` lives in [0, 1] by construction (False for a name the registry does not know):
+    what :func:`lorsp.pareto.summarise` needs to place the hypervolume's reference point."""
+    known = METRICS.get(name)
+    return known is not None and known.bounded
+
+
 def selection_error(name: str, where: str) -> str | None:
     """Why `name` cannot select trials as `where` (one line naming the fix), or None when it can."""
     known = METRICS.get(name)

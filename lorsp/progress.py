@@ -12,9 +12,9 @@ from typing import Any
 from ray.tune import Callback
 
 from lorsp.config import StudyConfig
+from lorsp.keys import TRIAL_KEY
 from lorsp.outcome import outcome_of
 from lorsp.pareto import TrialRecord
-from lorsp.search import TRIAL_KEY
 
 
 class ProgressCallback(Callback):
@@ -69,7 +69,9 @@ class ProgressCallback(Callback):
 
 def print_pareto_table(study: StudyConfig, records: list[TrialRecord]) -> None:
     """The end-of-search summary: counts, hypervolume and the table of Pareto-optimal trials."""
+    from lorsp.metrics import is_bounded
     from lorsp.pareto import summarise
     from lorsp.report import print_front
 
-    print_front(study.name, records, summarise(records, [(o.metric, o.mode) for o in study.objectives]))
+    objectives = [(o.metric, o.mode) for o in study.objectives]
+    print_front(study.name, records, summarise(records, objectives, is_bounded))

@@ -20,22 +20,19 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from lorsp.config import ConfigError, SpaceParam, StudyConfig, space_target, stored_study
+from lorsp.keys import (  # noqa: F401 (the trial's record keys live in lorsp.keys; re-exported for importers)
+    CHECKPOINT,
+    EPOCHS_DONE,
+    ERROR,
+    INTERRUPTIONS,
+    METRICS_PREFIX,
+    STUDY_CONFIG_ATTR,
+    TRIAL_KEY,
+    TUNE_TRIAL_ID,
+)
 from lorsp.layout import default_root, embedded_uri, storage_uri  # noqa: F401 (the study folder's, re-exported)
 from lorsp.methods import methods
 from lorsp.pareto import TrialRecord, rank_trials
-
-# User attributes of every Optuna trial (written by lorsp.tune's searcher).
-TUNE_TRIAL_ID = "tune_trial_id"
-EPOCHS_DONE = "epochs_done"
-CHECKPOINT = "checkpoint_path"
-ERROR = "error"
-INTERRUPTIONS = "interruptions"
-METRICS_PREFIX = "metric:"
-STUDY_CONFIG_ATTR = "lorsp_study_config"
-
-TRIAL_KEY = "_lorsp_trial"
-"""Key, in a Tune trial's config, of what the trial needs beyond its sampled parameters: its Optuna
-trial number and, for a trial resumed after an interruption, the checkpoint to continue from."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from lorsp.config import StudyConfig
+from lorsp.keys import TRIAL_KEY
 from lorsp.layout import trial_folder
 from lorsp.outcome import ERROR_KEY, FAILED_KEY, TRACEBACK_KEY
-from lorsp.search import TRIAL_KEY
 
 TRIAL_RETRIES = 2
 """Retries of a trial whose process or node was lost (never of a failure of the training itself)."""

@@ -14,14 +14,12 @@ checkpoint, and ``--resume`` finishes them under the same trial numbers.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
 import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from lorsp.children import STOP_SIGNALS
@@ -29,6 +27,12 @@ from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.errors import DataError
 from lorsp.layout import ray_folder, trial_folder
 from lorsp.pareto import TrialRecord
+from lorsp.ray_session import (
+    QUIET_TUNE_CONSOLE,
+    init_ray,
+    shutdown_ray,
+    tune_environment,
+)
 from lorsp.trial import TRIAL_RETRIES, load_data, trainable
 from lorsp.uris import redact, redact_arg, with_hint
 
@@ -56,77 +60,6 @@ def _scheduler(study: StudyConfig) -> Any:
     # `epoch`, not `training_iteration`: after a retry the iteration count restarts, the epoch does not.
     return ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode, max_t=study.train.epochs,
                          grace_period=min(s.grace_period, study.train.epochs), reduction_factor=s.reduction_factor)
-
-
-_EMBEDDED: list[Any] = []
-"""The embedded head this process started (:mod:`lorsp.embedded_ray`), ended by :func:`shutdown_ray`."""
-
-
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Attach to a cluster (`--address`, or RAY_ADDRESS as set by `ray job submit`) or start a local one.
-
-    A local Ray is an embedded head in a session of its own (:mod:`lorsp.embedded_ray`), so that a
-    signal to the driver's process group stops the study cleanly instead of killing the head under
-    it; :func:`shutdown_ray` ends it. Its address goes to every worker: Ray Train's placement-group
-    cleaner queries the state API without an address, which fails ("multiple active Ray instances")
-    when another local Ray runs on the machine, and then finished trials' placement groups leak until
-    the next trial waits forever.
-    """
-    import atexit
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    env_vars = {"RAY_TRAIN_V2_ENABLED": "1"}  # the default of the pinned Ray; for its workers, said outright
-    local = address is None and not os.environ.get("RAY_ADDRESS")
-    if local:
-        from lorsp import embedded_ray
-
-        print("starting an embedded local Ray (pass --address to use a cluster)", flush=True)
-        # A local Ray makes its own auth token; its notice about token authentication is not news here.
-        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
-        head = embedded_ray.start(num_cpus)
-        _EMBEDDED.append(head)
-        atexit.register(shutdown_ray)
-        address = env_vars["RAY_ADDRESS"] = head.address
-        embedded_ray.attach_with_token_auth()
-    ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env={"env_vars": env_vars})
-
-
-def shutdown_ray() -> None:
-    """Disconnect from Ray and end the embedded head, if this process started one."""
-    import ray
-
-    ray.shutdown()
-    while _EMBEDDED:
-        _EMBEDDED.pop().stop()
-
-
-QUIET_TUNE_CONSOLE = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_WARN_THRESHOLD_S": "10"}
-"""lorsp prints its own line per trial: Tune's new-style console output (a configuration box, a
-TensorBoard hint) and its "slow callback" warnings for an MLflow call on a loaded machine would bury
-those lines; the legacy reporter honours verbose=0."""
-
-
-@contextlib.contextmanager
-def tune_environment(defaults: dict[str, str], forced: dict[str, str] | None = None) -> Iterator[None]:
-    """Ray Tune settings that Ray reads only from the environment, for the Tuner built and run inside:
-    `defaults` unless the user set them, `forced` whatever the user set. The environment is restored
-    afterwards, so a caller of the library keeps the process it had."""
-    forced = forced or {}
-    saved = {key: os.environ.get(key) for key in (*defaults, *forced)}
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-    os.environ.update(forced)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class Interruption:

@@ -101,7 +101,7 @@ def local_ray():
     cost 6-10 s each on 2 cores. Four logical CPUs: the streaming tests run a 2-worker trial beside
     its decode bundle; every other study caps its concurrency with `search.max_concurrent`.
     """
-    from lorsp.tune import init_ray, shutdown_ray
+    from lorsp.ray_session import init_ray, shutdown_ray
 
     init_ray(None, num_cpus=4)
     yield

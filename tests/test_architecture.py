@@ -126,3 +126,68 @@ def test_reading_mlflow_needs_no_ray():
                 todo.extend(graph.get(module, ()))
         assert "lorsp.tracking.callback" not in reached, start
         assert not [m for m in sorted(reached) if _imports_ray(m)], start
+
+
+# ---------------------------------------------------------------- floors
+# The floor order assumed (low to high): leaves that import no lorsp module (keys, metrics, errors,
+# outcome, relocate, the Pareto maths); the study's description and method (config, data, prompts,
+# model, gallery, layout); its stores (search: Optuna, tracking: MLflow) and what reads them
+# (report, bundle, confirmations, ray_session); the commands (COMMANDS), which only entry points
+# (`__main__`) import. The cycle test above keeps every other pair in one direction.
+LEAVES = ("lorsp.keys", "lorsp.metrics", "lorsp.errors", "lorsp.outcome", "lorsp.relocate")
+COMMANDS = ("lorsp.tune", "lorsp.confirm", "lorsp.export", "lorsp.fronts", "lorsp.pretrain", "lorsp.ui")
+
+
+def test_the_leaves_import_no_lorsp_module():
+    graph = import_graph()
+    for module in LEAVES:
+        assert module in graph and not graph[module], (module, graph.get(module))
+
+
+def test_the_pareto_maths_imports_nothing_above_it():
+    """lorsp.pareto is pure numpy that search, report and progress build on: none of its modules may
+    import another lorsp module (its command line is lorsp.fronts, reached only by `__main__`)."""
+    graph = import_graph()
+    maths = [m for m in graph if (m == "lorsp.pareto" or m.startswith("lorsp.pareto.")) and not m.endswith("__main__")]
+    assert {"lorsp.pareto", "lorsp.pareto.halving"} <= set(maths)
+    assert "lorsp.fronts" in graph["lorsp.pareto.__main__"]  # the entry point really is read, and may climb
+    for module in maths:
+        above = {m for m in graph[module] if m != "lorsp.pareto" and not m.startswith("lorsp.pareto.")}
+        assert not above, f"{module} imports {sorted(above)}"
+
+
+def test_only_entry_points_import_a_command():
+    """A command (argument parsing, printing, exit codes) is the top floor: a module below that
+    imported one would climb back up, and every import of the command would drag the rest along."""
+    graph = import_graph()
+    for module, imported in graph.items():
+        if module.endswith("__main__"):
+            continue
+        climbs = sorted(imported & set(COMMANDS))
+        assert not climbs, f"{module} imports the command(s) {climbs}"
+
+
+def _imports_any(module: str, packages: set[str]) -> set[str]:
+    path = PACKAGE.parent.joinpath(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add((node.module or "").split(".")[0])
+    return found & packages
+
+
+def test_loading_an_export_needs_no_ray_mlflow_or_optuna():
+    """`lorsp.load` (lorsp.bundle) runs where only torch and timm are: no module it reaches imports them."""
+    graph = import_graph()
+    assert _imports_any("lorsp.search", {"optuna"})  # the check really reads imports
+    reached, todo = set(), ["lorsp.bundle"]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph.get(module, ()))
+    heavy = {m: _imports_any(m, {"ray", "mlflow", "optuna"}) for m in sorted(reached)}
+    assert not {m: p for m, p in heavy.items() if p}

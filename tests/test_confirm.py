@@ -9,13 +9,13 @@ import optuna
 import pytest
 
 from lorsp.config import load_study
-from lorsp.confirm import (
+from lorsp.confirmations import (
     Confirmation,
     fresh_seeds,
+    judge,
     mean_interval,
     store_result,
     stored_results,
-    summarise,
 )
 from tests.conftest import QUICKSTART
 
@@ -49,7 +49,7 @@ def test_front_on_the_means_decides_confirmed():
         Confirmation(2, {}, {"val_acc": 0.60}, runs(0.60, 0.61, 0.59, density=0.0, params=650.0)),
         Confirmation(3, {}, {"val_acc": 0.70}, {1: {"failed": 1.0, "error": "diverged"}}),
     ]
-    summarise(study, confirmations)
+    judge(study, confirmations)
     assert [c.confirmed for c in confirmations] == [False, True, True, None]
     assert confirmations[1].intervals["val_acc"][0] == pytest.approx(0.90)
     assert confirmations[1].intervals["test_acc"][0] == pytest.approx(0.90)  # reported beside the objectives
@@ -119,7 +119,7 @@ def test_confirm_runs_each_seed_once_and_records_in_mlflow(finished_study, tmp_p
                                         f"tags.`mlflow.parentRunId` = '{confirm_run.info.run_id}'")
         assert sorted(int(r.data.tags["lorsp.seed"]) for r in seeds_runs) == fresh_seeds(study, 3)
     # lorsp.pareto shows the confirmed columns.
-    from lorsp.pareto.__main__ import main as pareto_main
+    from lorsp.fronts import main as pareto_main
 
     assert pareto_main(["--name", "conf", "--root", str(root), "--out", str(tmp_path / "p"), "--no-plot"]) == 0
     assert "confirmed" in capsys.readouterr().out

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import lorsp
+from lorsp.bundle import BACKBONE_FILE, META_FILE, PROMPT_FILE
 from lorsp.config import ConfigError, load_study
-from lorsp.export import BACKBONE_FILE, META_FILE, PROMPT_FILE, export_trial
+from lorsp.export import export_trial
 from lorsp.gallery import GALLERY_FILE
 from lorsp.pareto import TrialRecord
 from lorsp.train import train_loop

@@ -39,7 +39,7 @@ def test_a_signal_before_the_study_loop_stops_at_once() -> None:
 def test_tune_settings_last_only_while_tune_runs(monkeypatch) -> None:
     """Ray Tune takes some settings only from the environment: lorsp sets them for its Tuner and gives the
     caller's process back as it was, a user's own value kept where lorsp only has a default."""
-    from lorsp.tune import tune_environment
+    from lorsp.ray_session import tune_environment
 
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
     monkeypatch.delenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", raising=False)

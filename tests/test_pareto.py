@@ -6,6 +6,8 @@ No Ray here: the CLI test builds a real Optuna RDB storage the way `lorsp.tune` 
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 
 import numpy as np
 import optuna
@@ -13,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from lorsp.config import load_study
+from lorsp.fronts import main
+from lorsp.metrics import is_bounded
 from lorsp.pareto import TrialRecord, hypervolume, non_dominated_ranks, rank_trials, reference_point, summarise
-from lorsp.pareto.__main__ import main
-from tests.conftest import QUICKSTART, brute_force_front, inclusion_exclusion_hv
+from tests.conftest import QUICKSTART, REPO, brute_force_front, inclusion_exclusion_hv
 
 
 # ---------------------------------------------------------------- hypervolume
@@ -88,10 +91,13 @@ def test_rank_trials_only_full_budget_complete():
 def test_reference_point_rule():
     objectives = [("val_acc", "max"), ("prompt_density", "min"), ("trainable_params", "min")]
     values = np.array([[0.9, 0.2, 1000.0], [0.5, 0.0, 3000.0]])
-    assert reference_point(objectives, values).tolist() == pytest.approx([0.0, 1.0, 3300.0])
+    assert reference_point(objectives, values, is_bounded).tolist() == pytest.approx([0.0, 1.0, 3300.0])
+    # What is bounded is the caller's to say (the maths knows no metric): unbounded, density's
+    # reference is 1.1 x its largest value and accuracy's the 0 of an unbounded maximised metric.
+    assert reference_point(objectives, values, lambda m: False).tolist() == pytest.approx([0.0, 0.22, 3300.0])
     records = [TrialRecord(i, {}, dict(zip([m for m, _ in objectives], v)), "COMPLETE")
                for i, v in enumerate(values.tolist())]
-    summary = summarise(rank_trials(records, objectives), objectives)
+    summary = summarise(rank_trials(records, objectives), objectives, is_bounded)
     assert [r.number for r in summary.front] == [0, 1]
     expected = inclusion_exclusion_hv(values.tolist(), ["max", "min", "min"], [0.0, 1.0, 3300.0])
     assert summary.hypervolume == pytest.approx(expected)
@@ -148,6 +154,16 @@ def test_pareto_cli_prints_and_writes_front(stored_study, tmp_path, capsys):
     # Hypervolume in the printout is the front's, with the documented reference (0, 1, 1.1 x 1200).
     hv = inclusion_exclusion_hv([list(rows[i][:3]) for i in expected], ["max", "min", "min"], [0, 1, 1320])
     assert f"{hv:.6g}" in printed
+
+
+def test_python_m_lorsp_pareto_runs_the_command(stored_study, tmp_path):
+    """The entry point the README uses: `lorsp/pareto/__main__.py` hands over to lorsp.fronts."""
+    proc = subprocess.run([sys.executable, "-m", "lorsp.pareto", "--name", "cli", "--root", str(tmp_path / "runs"),
+                           "--out", str(tmp_path / "out"), "--no-plot"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Pareto-optimal trials" in proc.stdout
+    assert sorted(r["trial"] for r in pq.read_table(tmp_path / "out" / "front.parquet").to_pylist()) == [0, 1]
 
 
 def test_pareto_cli_errors_are_one_line(stored_study, tmp_path, capsys):

@@ -266,7 +266,7 @@ def test_no_password_anywhere_after_a_study_on_postgresql(postgres, tmp_path, lo
 
     from lorsp.confirm import main as confirm_main
     from lorsp.export import main as export_main
-    from lorsp.pareto.__main__ import main as pareto_main
+    from lorsp.fronts import main as pareto_main
     from lorsp.search import rdb_storage, stored_config
 
     pg = postgres["postgres"]

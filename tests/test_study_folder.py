@@ -85,7 +85,7 @@ def test_export_writes_the_gallery_beside_each_prompt(study, tmp_path):
 
 
 def test_pareto_gallery_puts_the_front_side_by_side(study, tmp_path, capsys):
-    from lorsp.pareto.__main__ import main
+    from lorsp.fronts import main
 
     out = tmp_path / "pareto"
     assert main(["--name", NAME, "--root", str(study["root"]), "--out", str(out), "--gallery"]) == 0

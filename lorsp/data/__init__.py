@@ -49,7 +49,7 @@ from lorsp.data.containers import ImageSplit, Splits
 from lorsp.data.load import load_splits, load_splits_for, plan_stream, plan_stream_for, streamable
 from lorsp.data.manifest import Manifest, StreamPlan
 from lorsp.data.sources.builtin import BUILTIN_DATASETS
-from lorsp.data.sources.torchvision_sets import TORCHVISION_DATASETS, default_root
+from lorsp.data.sources.torchvision_sets import TORCHVISION_DATASETS, torchvision_root
 from lorsp.data.spec import validate_dataset_spec
 from lorsp.data.streamed import StreamBatches, StreamedSplits, UInt8Stream
 from lorsp.errors import DataError
@@ -67,7 +67,7 @@ __all__ = [
     "StreamPlan",
     "StreamedSplits",
     "UInt8Stream",
-    "default_root",
+    "torchvision_root",
     "load_splits",
     "load_splits_for",
     "plan_stream",

@@ -261,7 +261,7 @@ def stream_for_run(plan: StreamPlan, *, seed: int, cpus: float,
     Ray is started for the run and shut down when it ends: the cluster of ``RAY_ADDRESS`` (as set
     under ``ray job submit``), else an embedded local Ray ("local": never a stray ``ray start``
     cluster on this machine). A Ray this process already runs is used and left running. Only Ray
-    Data runs on it, so none of a search's Ray setup (:func:`lorsp.tune.init_ray`) is needed.
+    Data runs on it, so none of a search's Ray setup (:func:`lorsp.ray_session.init_ray`) is needed.
     """
     import ray
 

@@ -3,17 +3,23 @@
 Only trials that ran their full training budget (state COMPLETE) take part: a trial that ASHA
 stopped after two epochs (PRUNED) reports the accuracy of two epochs, and putting it on the front
 beside trials that trained for twenty would compare unlike things.
+
+Pure maths on numpy: this package imports nothing of lorsp, so every other module may use it and
+it climbs back up to none. What it must know about a metric (whether it lives in [0, 1], for the
+hypervolume's reference point) the caller passes in, e.g. :func:`lorsp.metrics.is_bounded`. The
+command line that shows a stored study's front is :mod:`lorsp.fronts` (``python -m lorsp.pareto``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from lorsp.metrics import METRICS
+Bounded = Callable[[str], bool]
+"""Whether a metric lives in [0, 1] by construction (its worst and best values known in advance)."""
 
 
 def _as_minimisation(values: np.ndarray, modes: Sequence[str]) -> np.ndarray:
@@ -116,12 +122,6 @@ def rank_trials(trials: list[TrialRecord], objectives: Sequence[tuple[str, str]]
 
 
 # ---------------------------------------------------------------- reference point and summaries
-def _bounded(metric: str) -> bool:
-    """Lives in [0, 1] by construction: its worst and best values are known in advance."""
-    known = METRICS.get(metric)
-    return known is not None and known.bounded
-
-
 REFERENCE_RULE = (
     "worst value per objective: 0 for a maximised [0,1] metric (val_acc), 1 for a minimised [0,1] "
     "metric (prompt_density, firing_rate), 1.1 x the largest value among eligible trials for an "
@@ -129,7 +129,7 @@ REFERENCE_RULE = (
 )
 
 
-def reference_point(objectives: Sequence[tuple[str, str]], values: np.ndarray) -> np.ndarray:
+def reference_point(objectives: Sequence[tuple[str, str]], values: np.ndarray, bounded: Bounded) -> np.ndarray:
     """The hypervolume reference: a point no trial can be worse than (see :data:`REFERENCE_RULE`).
 
     Bounded metrics use their natural worst value, so the hypervolume of a [0,1]-only study is
@@ -142,7 +142,7 @@ def reference_point(objectives: Sequence[tuple[str, str]], values: np.ndarray) -
     ref = []
     for j, (metric, mode) in enumerate(objectives):
         column = values[:, j] if len(values) else np.zeros(1)
-        if _bounded(metric):
+        if bounded(metric):
             ref.append(0.0 if mode == "max" else 1.0)
         elif mode == "min":
             top = float(np.max(column))
@@ -153,12 +153,12 @@ def reference_point(objectives: Sequence[tuple[str, str]], values: np.ndarray) -
     return np.array(ref, dtype=float)
 
 
-def ideal_point(objectives: Sequence[tuple[str, str]], values: np.ndarray) -> np.ndarray:
+def ideal_point(objectives: Sequence[tuple[str, str]], values: np.ndarray, bounded: Bounded) -> np.ndarray:
     """Best conceivable value per objective (1 / 0 for [0,1] metrics, 0 for a minimised count)."""
     values = np.asarray(values, dtype=float).reshape(-1, len(objectives))
     ideal = []
     for j, (metric, mode) in enumerate(objectives):
-        if _bounded(metric):
+        if bounded(metric):
             ideal.append(1.0 if mode == "max" else 0.0)
         elif mode == "min":
             ideal.append(min(0.0, float(np.min(values[:, j]))) if len(values) else 0.0)
@@ -188,17 +188,18 @@ def _matrix(records: list[TrialRecord], objectives: Sequence[tuple[str, str]]) -
     return np.array(rows, dtype=float).reshape(-1, len(objectives))
 
 
-def summarise(records: list[TrialRecord], objectives: Sequence[tuple[str, str]]) -> FrontSummary:
-    """Front, reference point and hypervolume (raw and normalised to the ideal-reference box)."""
+def summarise(records: list[TrialRecord], objectives: Sequence[tuple[str, str]], bounded: Bounded) -> FrontSummary:
+    """Front, reference point and hypervolume (raw and normalised to the ideal-reference box);
+    `bounded` says which metrics live in [0, 1] (:func:`lorsp.metrics.is_bounded`)."""
     objectives = [(m, mode) for m, mode in objectives]
     eligible = [r for r in records if r.pareto_rank is not None]
     front = sorted((r for r in eligible if r.pareto), key=lambda r: r.number)
     modes = [mode for _, mode in objectives]
     values = _matrix(eligible, objectives)
-    ref = reference_point(objectives, values)
+    ref = reference_point(objectives, values, bounded)
     front_values = _matrix(front, objectives)
     hv = hypervolume(front_values, modes, ref) if len(front) else 0.0
-    box = float(np.prod(np.abs(ref - ideal_point(objectives, values))))
+    box = float(np.prod(np.abs(ref - ideal_point(objectives, values, bounded))))
     return FrontSummary(objectives=objectives, eligible=eligible, front=front, reference=ref, hypervolume=hv,
                         hypervolume_normalised=hv / box if box > 0 else 0.0)
 

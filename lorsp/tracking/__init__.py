@@ -28,6 +28,8 @@ The package, one job per module (the flow runs down the list):
 * :mod:`~lorsp.tracking.record`: :func:`finish_study` and :func:`record_study`, the end of a study
   reconciled from the Optuna records, with its Pareto front and hypervolume.
 * :mod:`~lorsp.tracking.relog`: the ``python -m lorsp.tracking relog`` command.
+* :mod:`~lorsp.tracking.files`: a trial's files read back (weights, config, gallery) from its run,
+  else from its checkpoint folder, for ``lorsp.export`` and ``lorsp.pareto --gallery``.
 
 Where the study's files are (its root, the embedded store's database, a trial's checkpoint) is
 :mod:`lorsp.layout`'s.

@@ -16,9 +16,9 @@ import yaml
 from ray.tune import Callback
 
 from lorsp.config import ConfigError, StudyConfig
+from lorsp.keys import CHECKPOINT, TRIAL_KEY, TUNE_TRIAL_ID
 from lorsp.metrics import reported
 from lorsp.outcome import ERROR_KEY, TRACEBACK_KEY, Outcome, outcome_of
-from lorsp.search import CHECKPOINT, TRIAL_KEY, TUNE_TRIAL_ID
 from lorsp.tracking.store import Store, connect, is_number, mark_closed, mark_open, one_line
 from lorsp.uris import redact, remember, reveal, scrub
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from lorsp.config import StudyConfig
+from lorsp.keys import CHECKPOINT
 from lorsp.layout import MLFLOW_DB, default_root, find_checkpoint
+from lorsp.metrics import is_bounded
 from lorsp.outcome import outcome_of_state
 from lorsp.pareto import REFERENCE_RULE, TrialRecord, summarise
 from lorsp.report import plot_front, plot_fronts_by, trial_rows, write_table
-from lorsp.search import CHECKPOINT
 from lorsp.tracking.store import (
     CHECKPOINT_ARTIFACTS,
     Store,
@@ -111,7 +112,7 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
         store.set_tags(run_id, {"pareto": str(record.pareto).lower(),
                                 "pareto_rank": "none" if record.pareto_rank is None else record.pareto_rank,
                                 "pareto_eligible": str(record.pareto_rank is not None).lower()})
-    summary = summarise(records, objectives)
+    summary = summarise(records, objectives, is_bounded)
     metrics = {
         "hypervolume": summary.hypervolume, "hypervolume_normalised": summary.hypervolume_normalised,
         "pareto_front_size": float(len(summary.front)), "trials": float(len(records)),

@@ -22,10 +22,10 @@ import yaml
 
 from lorsp.config import ConfigError, StudyConfig
 from lorsp.gallery import GALLERY_FILE
+from lorsp.keys import TUNE_TRIAL_ID
 from lorsp.layout import CHECKPOINT_FILES, MLFLOW_DB, default_root, embedded_uri, fetch_checkpoint
 from lorsp.mlflow_views import OBJECTIVES_TAG, ROLE, STUDY
 from lorsp.relocate import describe, relocate_store
-from lorsp.search import TUNE_TRIAL_ID
 from lorsp.uris import redact, require_secret, scrub
 
 MLFLOW_CLIENT_ENV = {

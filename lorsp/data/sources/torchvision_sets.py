@@ -1,7 +1,7 @@
 """Named torchvision data sets (``cifar10``, ``cifar100``, ``mnist``, ``flowers102``, ...).
 
 The official splits are used as torchvision defines them. A set is read from ``data.root`` (default
-:func:`default_root`) and downloaded there only when missing, with a bounded network wait. Sets
+:func:`torchvision_root`) and downloaded there only when missing, with a bounded network wait. Sets
 that keep their images as one array are taken from it at native resolution; sets of variable-size
 files are decoded once, resized to ``image_size``. torchvision is imported only when one is loaded.
 """
@@ -23,7 +23,7 @@ from lorsp.data.decode import decode_many, decode_pil, decode_reason
 from lorsp.data.sources.base import DatasetSpec, Loaded, LoadOptions
 from lorsp.errors import DataError
 
-__all__ = ["TORCHVISION_DATASETS", "TORCHVISION_SETS", "TorchvisionSet", "default_root", "load_torchvision"]
+__all__ = ["TORCHVISION_DATASETS", "TORCHVISION_SETS", "TorchvisionSet", "torchvision_root", "load_torchvision"]
 
 _DOWNLOAD_SOCKET_TIMEOUT_S = 20.0
 
@@ -74,7 +74,7 @@ TORCHVISION_SETS: dict[str, TorchvisionSet] = {
 TORCHVISION_DATASETS: tuple[str, ...] = tuple(TORCHVISION_SETS)
 
 
-def default_root() -> str:
+def torchvision_root() -> str:
     """Where torchvision data sets live: ``$LORSP_DATA_ROOT`` or ``~/.cache/lorsp/data``."""
     return os.environ.get("LORSP_DATA_ROOT") or os.path.join(
         os.path.expanduser("~"), ".cache", "lorsp", "data"
@@ -195,7 +195,7 @@ def load_torchvision(spec: DatasetSpec, options: LoadOptions) -> Loaded:
         raise DataError(
             f"this torchvision has no {entry.class_name} data set; upgrade torchvision or use imagefolder:"
         )
-    root = os.path.abspath(os.path.expanduser(options.root or default_root()))
+    root = os.path.abspath(os.path.expanduser(options.root or torchvision_root()))
     parts: dict[str, ImageSplit] = {}
     class_names: list[str] | None = None
     extra = entry.extra
