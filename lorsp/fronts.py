@@ -7,7 +7,9 @@ stays pure numpy and every module may import it (``lorsp/pareto/__main__.py`` on
 study with a `method` knob (e.g. search_spaces/compare.yaml) is for. `--gallery` puts the front's
 prompt galleries (lorsp.gallery: the same validation images in every trial) side by side in one
 picture. `--importance` says which knobs matter for each objective, per method (:mod:`lorsp.importance`),
-and logs the table and its plot to the study's parent MLflow run. When `lorsp.confirm` has re-trained
+and logs the table and its plot to the study's parent MLflow run. `--edges` says, per method,
+where its best trial's knobs sit in the range it was searched in (:mod:`lorsp.edges`): a best at an
+edge means the range may cut that method off, and the comparison is not yet fair. When `lorsp.confirm` has re-trained
 the front with fresh seeds, the table shows the
 means, intervals and `confirmed`.
 """
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--importance", action="store_true",
                         help="which knobs matter for each objective, per method (fANOVA); also written to "
                              "OUT/importance.csv and .png and logged to the study's parent MLflow run")
+    parser.add_argument("--edges", action="store_true",
+                        help="per method, where its best trial's knobs sit in its own range (a best at an edge "
+                             "means the range may cut that method off)")
     args = parser.parse_args(argv)
 
     from lorsp.confirmations import confirmed_columns
@@ -81,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                 confirmations=confirmed_columns(study, existing_study(storage, study.name), records))
     if by:
         print_fronts_by(records, objectives, by)
+    if args.edges:
+        from lorsp.edges import describe, range_edges
+
+        print("where each method's best (by val_acc) sits in the range it was searched in:")
+        for line in describe(range_edges(study, records)):
+            print("  " + line)
     if args.importance:
         written += knob_importance(study, existing_study(storage, study.name), out)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -208,3 +208,12 @@ def test_pareto_cli_by_method_draws_one_front_per_method(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "method = lorsp: its own Pareto front" in printed and "method = none" in printed
     assert (out / "front_by_method.png").stat().st_size > 1000
+
+
+def test_pareto_cli_edges_names_a_best_pinned_at_its_range(stored_study, tmp_path, capsys):
+    # The best full-budget trial (0, val_acc 0.8) has rank 1, the bottom of the quickstart's 1-8;
+    # the stopped trial 3 (0.95) is not judged.
+    assert main(["--name", "cli", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                 "--no-plot", "--edges"]) == 0
+    printed = capsys.readouterr().out
+    assert "lorsp trial   0  rank = 1 in [1, 8]: AT THE LOW EDGE (1 of its top 3 there)" in printed
