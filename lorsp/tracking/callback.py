@@ -16,7 +16,7 @@ import yaml
 from ray.tune import Callback
 
 from lorsp.config import ConfigError, StudyConfig
-from lorsp.keys import CHECKPOINT, TRIAL_KEY, TUNE_TRIAL_ID
+from lorsp.keys import CHECKPOINT, EPOCHS_DONE, TRIAL_KEY, TUNE_TRIAL_ID
 from lorsp.metrics import reported
 from lorsp.outcome import ERROR_KEY, TRACEBACK_KEY, Outcome, outcome_of
 from lorsp.tracking.store import Store, connect, is_number, mark_closed, mark_open, one_line
@@ -185,14 +185,14 @@ class MLflowCallback(Callback):
             return
         result = self._last.get(trial_id, {})
         checkpoint = result.get(CHECKPOINT)
-        tags: dict[str, Any] = {"full_budget": str(outcome.state == "COMPLETE").lower(), "epochs_done": outcome.epochs,
+        tags: dict[str, Any] = {"full_budget": str(outcome.state == "COMPLETE").lower(), EPOCHS_DONE: outcome.epochs,
                                 "trial_state": outcome.state, "end_reason": outcome.reason}
         if outcome.error:
             tags["error"] = outcome.error[:500]
         if checkpoint:
             tags[CHECKPOINT] = checkpoint
         final = {k: result[k] for k in reported(result, per_epoch=False) if is_number(result[k])}
-        final["epochs_done"] = float(outcome.epochs)
+        final[EPOCHS_DONE] = float(outcome.epochs)
         what = f"closing the run of {self._name(trial_id)}"
         self._safely(what, lambda: self.store.log_metrics(run_id, final, outcome.epochs))
         self._safely(what, lambda: self.store.set_tags(run_id, tags))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lorsp.config import StudyConfig
-from lorsp.keys import CHECKPOINT
+from lorsp.keys import CHECKPOINT, EPOCHS_DONE
 from lorsp.layout import MLFLOW_DB, default_root, find_checkpoint
 from lorsp.metrics import is_bounded
 from lorsp.outcome import outcome_of_state
@@ -82,7 +82,7 @@ def record_study(study: StudyConfig, records: list[TrialRecord], uri: str | None
         if run is None:
             run_id = store.create_child(parent_id, record.number, record.tune_trial_id, record.params)
             store.set_tags(run_id, {"relogged": "true", "full_budget": str(record.full_budget).lower(),
-                                    "epochs_done": record.epochs_done, "trial_state": outcome.state,
+                                    EPOCHS_DONE: record.epochs_done, "trial_state": outcome.state,
                                     "end_reason": outcome.reason})
             store.log_metrics(run_id, _record_metrics(record), record.epochs_done)
             checkpoint = find_checkpoint(study, record)
@@ -158,6 +158,6 @@ def _safe_list(store: Store, run_id: str) -> list[Any]:
 
 def _record_metrics(record: TrialRecord) -> dict[str, float]:
     out = {k: float(v) for k, v in record.values.items() if is_number(v)}
-    out["epochs_done"] = float(record.epochs_done)
+    out[EPOCHS_DONE] = float(record.epochs_done)
     return out
 
