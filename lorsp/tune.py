@@ -162,6 +162,7 @@ def run_study(
     callbacks: list[Any] | Callable[[], list[Any]] | None = None,
     interruption: Interruption | None = None,
     log: Callable[[str], None] = print,
+    finish: Callable[[StudyRun], Any] | None = None,
 ) -> StudyRun:
     """Run (or continue) the search; every trial of the study, Pareto-ranked, and how this run ended.
 
@@ -173,6 +174,10 @@ def run_study(
     Whatever stops the driver (a signal, an exception), no trial stays RUNNING: the Optuna trials
     it had started go back to WAITING with their last checkpoint, and the MLflow callbacks close
     their runs, so ``--resume`` can finish them.
+
+    `finish` (e.g. recording the front in MLflow) runs on a study that ran to its end, still under
+    the lease: a second driver started as the search ends must not write to the study before the
+    first has recorded it.
     """
     from lorsp.lease import StudyLease
     from lorsp.search import ConditionalSpace, engine_kwargs, rdb_storage, storage_uri
@@ -183,8 +188,11 @@ def run_study(
     with StudyLease(uri, study.name, engine_kwargs(uri)) as lease:
         if lease.took_over is not None:
             log(f"study '{study.name}': taking over from {lease.took_over.describe(time.time())}, which is gone")
-        return _run_leased(study, optuna_storage, uri, resume=resume, address=address, callbacks=callbacks,
-                           interruption=interruption or Interruption(), log=log)
+        run = _run_leased(study, optuna_storage, uri, resume=resume, address=address, callbacks=callbacks,
+                          interruption=interruption or Interruption(), log=log)
+        if finish is not None and not run.stopped:
+            finish(run)
+        return run
 
 
 def _run_leased(study: StudyConfig, optuna_storage: Any, uri: str, *, resume: bool, address: str | None,
@@ -318,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             if is_server(tracking_uri(study)):
                 probe_server(tracking_uri(study))  # a dead server is one line in seconds, before Ray starts
 
+            def record(run: StudyRun) -> None:
+                finish_study(study, run.records, warned=any(getattr(c, "failure", None) for c in run.callbacks))
+
             run = run_study(study, storage=args.storage, resume=args.resume, address=args.address,
-                            callbacks=lambda: tune_callbacks(study), interruption=interruption)
+                            callbacks=lambda: tune_callbacks(study), interruption=interruption, finish=record)
         except (ConfigError, DataError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -335,7 +346,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted: {run.interrupted} running trial(s) keep their last checkpoint; continue with: "
               f"{resume_command(raw_argv)}", file=sys.stderr)
         return interruption.exit_code
-    finish_study(study, run.records, warned=any(getattr(c, "failure", None) for c in run.callbacks))
     print_pareto_table(study, run.records)
     if run.records and all(r.state == "FAIL" for r in run.records):
         print("error: every trial failed; see the trial errors above", file=sys.stderr)

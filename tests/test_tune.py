@@ -30,7 +30,18 @@ def test_quickstart_study_end_to_end_pareto(tmp_path, local_ray):
     from lorsp.tune import run_study
 
     study = _study(tmp_path, "e2e", ["search.num_samples=4", "search.max_concurrent=2"])
-    records = run_study(study).records
+    finished = []
+
+    def finish(run):  # recording the front happens under the lease: a second driver is still refused
+        from lorsp.lease import StudyLease
+        from lorsp.search import engine_kwargs
+
+        with pytest.raises(ConfigError, match="is being run by"):
+            StudyLease(storage_uri(study), study.name, engine_kwargs(storage_uri(study))).acquire()
+        finished.append(len(run.records))
+
+    records = run_study(study, finish=finish).records
+    assert finished == [4]
     assert len(records) == 4
     complete = [r for r in records if r.state == "COMPLETE"]
     assert len(complete) == 4, [(r.state, r.error) for r in records]
