@@ -241,19 +241,25 @@ def record_in_mlflow(study: StudyConfig, confirmations: list[Confirmation], file
 def confirm(name: str, *, seeds: int = 5, top: int | None = None, storage: str | None = None,
             root: str | None = None, tracking: str | None = None, address: str | None = None,
             out: str | None = None) -> list[Confirmation]:
+    from lorsp.layout import OPTUNA_DB
+    from lorsp.lease import StudyLease
     from lorsp.report import write_table
-    from lorsp.search import existing_study, open_stored_study, trial_records
+    from lorsp.search import engine_kwargs, existing_study, open_stored_study, trial_records
 
     if seeds < 2:
         raise ConfigError(f"--seeds {seeds}: an interval needs at least 2 seeds")
     study, opened, root_path = open_stored_study(name, storage, root)
-    found = existing_study(opened, study.name)
-    records = trial_records(study, opened)
-    confirmations = load_confirmations(study, found, records, top)
-    if not confirmations:
-        raise ConfigError(f"study '{name}' has no full-budget trial to confirm; run or --resume it first")
-    wanted = fresh_seeds(study, seeds)
-    ran = run_confirmation(study, found, confirmations, wanted, address=address)
+    uri = storage or f"sqlite:///{root_path / OPTUNA_DB}"  # the database open_stored_study opened
+    # The study's driver lease: a front still being searched is not the one to confirm, and two
+    # confirmations of one study would train the same seeds twice.
+    with StudyLease(uri, study.name, engine_kwargs(uri)):
+        found = existing_study(opened, study.name)
+        records = trial_records(study, opened)
+        confirmations = load_confirmations(study, found, records, top)
+        if not confirmations:
+            raise ConfigError(f"study '{name}' has no full-budget trial to confirm; run or --resume it first")
+        wanted = fresh_seeds(study, seeds)
+        ran = run_confirmation(study, found, confirmations, wanted, address=address)
     if not ran:
         print(f"confirm: every configuration already has seeds {wanted}; nothing to run", flush=True)
     confirmations = judge(study, confirmations)

@@ -123,3 +123,21 @@ def test_confirm_runs_each_seed_once_and_records_in_mlflow(finished_study, tmp_p
 
     assert pareto_main(["--name", "conf", "--root", str(root), "--out", str(tmp_path / "p"), "--no-plot"]) == 0
     assert "confirmed" in capsys.readouterr().out
+
+
+def test_confirm_is_refused_while_a_driver_holds_the_study(tmp_path):
+    """A front still being searched is not the one to confirm, and two confirmations would train the
+    same seeds twice: confirm takes the study's lease and is refused, in one line, before any work."""
+    from lorsp.config import ConfigError
+    from lorsp.confirm import confirm
+    from lorsp.lease import StudyLease
+    from lorsp.search import engine_kwargs, prepare_study, rdb_storage, storage_uri
+
+    study = load_study(QUICKSTART, [f"tracking.root={tmp_path / 'runs'}", "name=held"])
+    uri = storage_uri(study)
+    prepare_study(study, rdb_storage(uri), resume=False)
+    with StudyLease(uri, "held", engine_kwargs(uri)), pytest.raises(ConfigError, match="is being run by") as err:
+        confirm("held", seeds=2, root=str(tmp_path / "runs"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="no full-budget trial"):  # the lease was given back
+        confirm("held", seeds=2, root=str(tmp_path / "runs"))
