@@ -71,14 +71,22 @@ def tune_environment(defaults: dict[str, str], forced: dict[str, str] | None = N
     """Ray Tune settings that Ray reads only from the environment, for the Tuner built and run inside:
     `defaults` unless the user set them, `forced` whatever the user set. The environment is restored
     afterwards, so a caller of the library keeps the process it had."""
+    from ray.tune.utils import warn_if_slow
+
     forced = forced or {}
     saved = {key: os.environ.get(key) for key in (*defaults, *forced)}
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     os.environ.update(forced)
+    # Ray reads TUNE_WARN_THRESHOLD_S once, when ray.tune is imported (long before a study starts):
+    # its threshold is set where Ray keeps it, its public class attribute, for the same span.
+    threshold = warn_if_slow.DEFAULT_THRESHOLD
+    if "TUNE_WARN_THRESHOLD_S" in os.environ:
+        warn_if_slow.DEFAULT_THRESHOLD = float(os.environ["TUNE_WARN_THRESHOLD_S"])
     try:
         yield
     finally:
+        warn_if_slow.DEFAULT_THRESHOLD = threshold
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -51,3 +51,18 @@ def test_tune_settings_last_only_while_tune_runs(monkeypatch) -> None:
     with Interruption():
         assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"  # Tune's own SIGINT handler stays off
     assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+
+
+def test_tunes_slow_operation_threshold_takes_effect_although_ray_read_it_at_import(monkeypatch) -> None:
+    """lorsp's quiet console asks for 10 s before Tune's "operation took 0.6 s" warnings; Ray reads the
+    variable when ray.tune is imported, so setting it later alone would change nothing."""
+    from ray.tune.utils import warn_if_slow
+
+    from lorsp.ray_session import QUIET_TUNE_CONSOLE, tune_environment
+
+    monkeypatch.delenv("TUNE_WARN_THRESHOLD_S", raising=False)
+    before = warn_if_slow.DEFAULT_THRESHOLD
+    with tune_environment(QUIET_TUNE_CONSOLE):
+        assert warn_if_slow.DEFAULT_THRESHOLD == 10.0
+        assert warn_if_slow("an MLflow call").threshold == 10.0
+    assert warn_if_slow.DEFAULT_THRESHOLD == before
