@@ -19,7 +19,8 @@ _EMBEDDED: list[Any] = []
 """The embedded head this process started (:mod:`lorsp.embedded_ray`), ended by :func:`shutdown_ray`."""
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None, num_cpus: int | None = None, *,
+             hint: str = "pass --address to use a cluster") -> None:
     """Attach to a cluster (`--address`, or RAY_ADDRESS as set by `ray job submit`) or start a local one.
 
     A local Ray is an embedded head in a session of its own (:mod:`lorsp.embedded_ray`), so that a
@@ -40,7 +41,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if local:
         from lorsp import embedded_ray
 
-        print("starting an embedded local Ray (pass --address to use a cluster)", flush=True)
+        print(f"starting an embedded local Ray ({hint})", flush=True)
         # A local Ray makes its own auth token; its notice about token authentication is not news here.
         logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
         head = embedded_ray.start(num_cpus)

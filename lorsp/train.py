@@ -4,21 +4,22 @@
 runs from the command line (`python -m lorsp.train`), inside a Ray Train worker (which passes a
 callback that forwards to `ray.train.report`) and in tests. It knows nothing of Ray, MLflow or
 Optuna; distributed data parallelism comes from `torch.distributed` when a process group exists.
-A run given no splits whose study streams its data (`data.stream`) has Ray Data read them, as a
-search's trial does, through :mod:`lorsp.data.stream`, which starts Ray for it.
+A run given no splits reads them through :mod:`lorsp.run_data`: in memory, or, where the study
+streams its data (`data.stream`), through Ray Data as a search's trial does, on a Ray started for it.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
+import shlex
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,12 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from lorsp.children import Stopped, stop_signals
 from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.data import (
-    BatchIterator,
     DataError,
-    ImageSplit,
     Splits,
-    StreamBatches,
     StreamedSplits,
-    load_splits_for,
 )
 from lorsp.errors import data_error_in
 from lorsp.evaluation import NoiseSpec, evaluate
@@ -44,6 +42,7 @@ from lorsp.evaluation import autocast as _autocast
 from lorsp.gallery import GALLERY_FILE, draw_safely, title_for
 from lorsp.metrics import noise_metric_name
 from lorsp.model import PromptedClassifier, build_model
+from lorsp.run_data import run_batches, split_sizes, study_splits
 
 STATE_FILE = "state.pt"
 PROMPT_FILE = "prompt.safetensors"
@@ -103,13 +102,6 @@ def _cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: in
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _shard(split: ImageSplit, rank: int, world: int) -> ImageSplit:
-    """An exact, unpadded shard for evaluation (padding would count some images twice)."""
-    if world == 1:
-        return split
-    return ImageSplit(images=split.images[rank::world], labels=split.labels[rank::world])
-
-
 def _noise_metrics(split: str, result: dict[str, Any], levels: tuple[float, ...]) -> dict[str, float]:
     """``<split>_acc_noise`` (mean over levels) and ``<split>_acc_noise_<std>`` per level."""
     if not levels:
@@ -118,65 +110,6 @@ def _noise_metrics(split: str, result: dict[str, Any], levels: tuple[float, ...]
     out = {f"{split}_acc_noise": sum(accs) / len(accs)}
     out.update({noise_metric_name(split, std): acc for std, acc in zip(levels, accs)})  # type: ignore[arg-type]
     return out
-
-
-Batches = BatchIterator | StreamBatches
-
-
-def _batches(splits: Splits | StreamedSplits, study: StudyConfig, ctx: _Context) -> tuple[Batches, Batches, Batches]:
-    """Training, validation and test batches of either kind of splits, on this rank's device.
-
-    train.seed owns data order and augmentation (as it owns init); data.seed only fixed the splits.
-    So re-training a config with fresh train seeds varies all three on the same images. Evaluation
-    sees the stored images, never augmented, whatever data.augment says.
-    """
-    size, bs, seed = study.data.image_size, study.data.batch_size, study.train.seed
-    if isinstance(splits, StreamedSplits):
-        drop_last = splits.sizes["train"] > bs * ctx.world_size
-        return (
-            StreamBatches(splits.train, batch_size=bs, image_size=size, device=ctx.device, augment=study.data.augment,
-                          seed=seed, rank=ctx.rank, drop_last=drop_last),
-            StreamBatches(splits.val, batch_size=2 * bs, image_size=size, device=ctx.device),
-            StreamBatches(splits.test, batch_size=2 * bs, image_size=size, device=ctx.device),
-        )
-    train = BatchIterator(splits.train, batch_size=bs, image_size=size, device=ctx.device, shuffle=True,
-                          augment=study.data.augment, seed=seed, rank=ctx.rank, world_size=ctx.world_size,
-                          drop_last=len(splits.train) > bs * ctx.world_size)
-    val = BatchIterator(_shard(splits.val, ctx.rank, ctx.world_size), batch_size=2 * bs, image_size=size,
-                        device=ctx.device, augment="none")
-    test = BatchIterator(_shard(splits.test, ctx.rank, ctx.world_size), batch_size=2 * bs, image_size=size,
-                         device=ctx.device, augment="none")
-    return train, val, test
-
-
-def _sizes(splits: Splits | StreamedSplits) -> tuple[int, int, int]:
-    if isinstance(splits, StreamedSplits):
-        return splits.sizes["train"], splits.sizes["val"], splits.sizes["test"]
-    return len(splits.train), len(splits.val), len(splits.test)
-
-
-@contextlib.contextmanager
-def _study_splits(study: StudyConfig, log: Callable[[str], None]) -> Iterator[Splits | StreamedSplits]:
-    """The splits of a run without a search driver, read as a search's one-worker trial reads them.
-
-    In memory, or, where ``data.stream`` says so (:func:`lorsp.data.mode.choose_mode`, as the search
-    decides), streamed through Ray Data exactly as an inline trial streams: the same
-    :class:`~lorsp.data.StreamPlan`, the window order of ``train.seed``, ``resources.stream_cpus``
-    decode CPUs; so the run trains on the same batches as that trial. Ray is started for it and shut
-    down at the end (:func:`lorsp.data.stream.stream_for_run`, the one place Ray is reached from here).
-    """
-    from lorsp.data.mode import choose_mode
-
-    mode = choose_mode(study.data)
-    if mode.line:
-        log(mode.line)
-    if mode.plan is None:
-        yield load_splits_for(study.data)
-        return
-    from lorsp.data.stream import stream_for_run
-
-    with stream_for_run(mode.plan, seed=study.train.seed, cpus=study.resources.stream_cpus, log=log) as splits:
-        yield splits
 
 
 def _save_checkpoint(folder: Path, model: PromptedClassifier, optimizer: torch.optim.Optimizer,
@@ -221,7 +154,7 @@ def train_loop(
 
     Without `splits` the study's data are read here: in memory, or streamed through Ray Data where
     `data.stream` says so, on a Ray started for this run (the cluster of RAY_ADDRESS, else an
-    embedded local one), with the splits and batches of the search's trial (see `_study_splits`).
+    embedded local one), with the splits and batches of the search's trial (see :func:`lorsp.run_data.study_splits`).
     """
     t = study.train
     if t.threads:
@@ -231,7 +164,7 @@ def train_loop(
     torch.manual_seed(t.seed)
     if splits is not None:
         return _train(study, splits, report, ctx, started, out_dir, resume_from)
-    with _study_splits(study, ctx.log) as own:
+    with study_splits(study, ctx.log) as own:
         return _train(study, own, report, ctx, started, out_dir, resume_from)
 
 
@@ -251,8 +184,8 @@ def _train(study: StudyConfig, splits: Splits | StreamedSplits, report: ReportFn
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             broadcast_buffers=False,  # frozen backbone: nothing to keep in sync
         )
-    train_batches, val_batches, test_batches = _batches(splits, study, ctx)
-    n_train, n_val, n_test = _sizes(splits)
+    train_batches, val_batches, test_batches = run_batches(splits, study, ctx)
+    n_train, n_val, n_test = split_sizes(splits)
     optimizer = _optimizer(model, study)
     steps_per_epoch = max(1, len(train_batches))
     scheduler = _cosine(optimizer, t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch)
@@ -370,6 +303,58 @@ def _train(study: StudyConfig, splits: Splits | StreamedSplits, report: ReportFn
     return metrics
 
 
+EPOCH_PREFIX = "epoch-"
+"""`--out`'s folder of the last finished epoch (`epoch-0003`): where an interrupted run continues."""
+
+
+def keep_last_epoch(out: Path) -> ReportFn:
+    """A report callback that keeps the last finished epoch's checkpoint under `out`.
+
+    The new epoch's folder is complete (written under a temporary name, then renamed) before the
+    previous one is removed, so a stop signal at any moment leaves at least one whole checkpoint.
+    """
+    def report(metrics: dict[str, float], folder: str | None) -> None:
+        if folder is None:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        done = int(metrics["epoch"])  # epochs finished (1-based)
+        partial = out / f".{EPOCH_PREFIX}partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(folder, partial)
+        target = out / f"{EPOCH_PREFIX}{done:04d}"
+        shutil.rmtree(target, ignore_errors=True)  # an earlier run's copy of this epoch, resumed from before it
+        partial.rename(target)
+        for old in epoch_folders(out)[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    return report
+
+
+def epoch_folders(out: Path) -> list[Path]:
+    """The whole epoch checkpoints under `out`, oldest first."""
+    return sorted(p for p in out.glob(f"{EPOCH_PREFIX}[0-9]*") if p.is_dir()) if out.is_dir() else []
+
+
+def _resume_line(argv: list[str], out: Path, signal_name: str) -> str:
+    from lorsp.uris import redact_arg
+
+    last = epoch_folders(out)
+    if not last:
+        return f"interrupted by {signal_name} before the first epoch ended; nothing to continue from"
+    args, skip = [], False
+    for arg in argv:  # the same command, continuing from the last epoch into the same folder
+        if skip or arg.startswith("--resume="):
+            skip = False
+            continue
+        skip = arg == "--resume"
+        if not skip:
+            args.append(arg)
+    if "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args += ["--out", str(out)]
+    command = shlex.join(["python", "-m", "lorsp.train", *map(redact_arg, args), "--resume", str(last[-1])])
+    return f"interrupted by {signal_name} after {last[-1].name}; continue with: {command}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lorsp.train",
@@ -382,17 +367,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", default=None, help="checkpoint folder to continue from")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
-    args = parser.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw_argv)
+    out: Path | None = None
     try:
-        study = load_study(args.config, args.overrides).resolved()
-        out = args.out or Path(study.tracking.root) / "train" / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        train_loop(study, out_dir=out, resume_from=args.resume, device=args.device, verbose=not args.quiet)
+        with stop_signals():  # SIGTERM and SIGHUP (a cluster's stop, a closed terminal) as Ctrl-C
+            study = load_study(args.config, args.overrides).resolved()
+            out = Path(args.out or Path(study.tracking.root) / "train"
+                       / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+            train_loop(study, keep_last_epoch(out), out_dir=out, resume_from=args.resume, device=args.device,
+                       verbose=not args.quiet)
+            for folder in epoch_folders(out):  # the finished run's own checkpoint is `out` itself
+                shutil.rmtree(folder, ignore_errors=True)
     except (ConfigError, DataError, TrainingDiverged) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        name, code = (err.name, err.exit_code) if isinstance(err, Stopped) else ("SIGINT", 130)
+        print(_resume_line(raw_argv, out, name) if out is not None else f"interrupted by {name}", file=sys.stderr)
+        return code
     except Exception as err:
         found = data_error_in(err)  # a damaged file met in a Ray Data task, wrapped by Ray
         if found is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,68 @@ def test_cli_writes_metrics_prompt_and_config(tmp_path: Path, capsys):
     assert not any(k.startswith("backbone.") for k in state)
     assert sum(v.numel() for v in state.values()) == metrics["trainable_params"]
     assert study.prompt.method == "lorsp"
+    assert not list(out.glob("epoch-*")) and not list(out.glob(".epoch-*"))  # a finished run keeps only itself
+
+
+def test_a_run_keeps_its_last_finished_epoch_whole(tmp_path: Path):
+    from lorsp.train import epoch_folders, keep_last_epoch
+
+    study = load_study(QUICKSTART, [*FAST, "train.epochs=3"]).resolved()
+    seen: list[list[str]] = []
+    keep = keep_last_epoch(tmp_path / "run")
+
+    def report(metrics, folder):
+        keep(metrics, folder)
+        seen.append([p.name for p in epoch_folders(tmp_path / "run")])
+
+    train_loop(study, report, verbose=False)
+    assert seen == [["epoch-0001"], ["epoch-0002"], ["epoch-0003"]]
+    assert (tmp_path / "run" / "epoch-0003" / "state.pt").is_file()
+    resumed: list[float] = []
+    train_loop(load_study(QUICKSTART, [*FAST, "train.epochs=4"]).resolved(), lambda m, f: resumed.append(m["epoch"]),
+               resume_from=tmp_path / "run" / "epoch-0003", verbose=False)
+    assert resumed == [4.0]
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_the_runs_group_leaves_a_command_that_continues_it(tmp_path: Path):
+    """A cluster stops a job with SIGTERM to its whole process group: the run says where it got to
+    and how to continue (exit 143), and that command finishes it in the same folder."""
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "run"
+    args = ["--config", str(QUICKSTART), "--out", str(out), "--quiet",
+            *[a for kv in [*FAST, "train.epochs=40"] for a in ("--set", kv)]]
+    run = subprocess.Popen([sys.executable, "-m", "lorsp.train", *args], cwd=REPO, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("epoch-*")) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGTERM)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 128 + signal.SIGTERM, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("interrupted by SIGTERM after epoch-00")
+    assert "; continue with: python -m lorsp.train " in line
+    command = shlex.split(line.split("continue with: ", 1)[1])
+    assert command[-2] == "--resume" and Path(command[-1]).parent == out
+    done = int(Path(command[-1]).name.removeprefix("epoch-"))
+    again = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [int(h["epoch"]) for h in history] == list(range(1, 41)) and done < 40
+    assert not list(out.glob("epoch-*"))
 
 
 def test_resume_continues_after_the_checkpoint_epoch(tmp_path: Path):
