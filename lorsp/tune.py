@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lorsp.children import STOP_SIGNALS
+from lorsp.children import STOP_SIGNALS, Stopped
 from lorsp.config import ConfigError, StudyConfig, load_study
 from lorsp.errors import DataError
 from lorsp.layout import ray_folder, trial_folder
@@ -67,7 +67,9 @@ class Interruption:
 
     While armed (the Tune loop runs) the first signal only asks Tune to stop: :meth:`stopper` tells
     it to end every trial, and the driver then puts the unfinished trials back in the Optuna queue.
-    A second signal, or one outside the loop, raises KeyboardInterrupt at once. Tune's own SIGINT
+    A second signal, or one outside the loop, raises :class:`lorsp.children.Stopped` (a
+    KeyboardInterrupt) at once: the two-stage form of :func:`lorsp.children.stop_signals`, which
+    every other command uses, because only a Tune loop has a gentler first stop to offer. Tune's own SIGINT
     handler is switched off: it would print a `Tuner.restore(...)` hint, which is not how a lorsp
     study resumes.
     """
@@ -108,7 +110,7 @@ class Interruption:
             print(f"\n{signal.Signals(sig).name}: stopping the study; running trials keep their last checkpoint "
                   "(send it again to stop at once)", file=sys.stderr, flush=True)
             return
-        raise KeyboardInterrupt
+        raise Stopped(self.signal)  # lorsp.children's stop, as every other lorsp command raises it
 
     @property
     def exit_code(self) -> int:
