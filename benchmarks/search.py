@@ -37,6 +37,10 @@ from benchmarks import _util as U  # noqa: E402
 SCHEDULERS = {
     "asha": "{type: asha, metric: val_acc, mode: max, grace_period: 1, reduction_factor: 2}",
     "pareto_asha": "{type: pareto_asha, grace_period: 1, reduction_factor: 2}",
+    # later and fewer decisions: rungs at epochs 2 and 4 (η 2), at 2 only (η 3), at 3 only (η 2)
+    "pareto_asha_g2": "{type: pareto_asha, grace_period: 2, reduction_factor: 2}",
+    "pareto_asha_g2e3": "{type: pareto_asha, grace_period: 2, reduction_factor: 3}",
+    "pareto_asha_g3": "{type: pareto_asha, grace_period: 3, reduction_factor: 2}",
 }
 ARMS: dict[str, list[str]] = {
     "random": ["search.sampler=random"],
@@ -45,6 +49,8 @@ ARMS: dict[str, list[str]] = {
     "gp": ["search.sampler=gp"],
     "tpe+asha": ["search.sampler=tpe", f"search.scheduler={SCHEDULERS['asha']}"],
     "tpe+pareto_asha": ["search.sampler=tpe", f"search.scheduler={SCHEDULERS['pareto_asha']}"],
+    **{f"tpe+{name}": ["search.sampler=tpe", f"search.scheduler={SCHEDULERS[name]}"]
+       for name in ("pareto_asha_g2", "pareto_asha_g2e3", "pareto_asha_g3")},
 }
 
 

@@ -192,6 +192,8 @@ class SchedulerConfig(_Section):
     type: Literal["asha", "pareto_asha", "none"] = "asha"
     metric: str = "val_acc"
     mode: Literal["max", "min"] | None = None
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
 
     @model_validator(mode="after")
     def _selectable(self) -> SchedulerConfig:
@@ -201,8 +203,6 @@ class SchedulerConfig(_Section):
         if self.mode is None:
             self.mode = METRICS[self.metric].mode
         return self
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1.0)
 
     def stop_epochs(self, epochs: int) -> tuple[int, ...]:
         """Epochs after which this scheduler may stop a trial of `epochs` epochs, so that a trial
