@@ -101,3 +101,16 @@ def test_pareto_asha_stops_at_the_epochs_the_trials_save_their_gallery_for():
     scheduler = ParetoASHA.for_study(study)
     assert sorted(m for m, _ in scheduler.rungs) == [m for m in study.search.scheduler.stop_epochs(10) if m < 10]
     assert [m for m, _ in scheduler.rungs] and all(m < 10 for m, _ in scheduler.rungs)
+
+
+def test_among_a_fronts_extremes_the_one_best_on_more_objectives_goes_on_first():
+    # A first rung as the quickstart's benchmark met it: three of four trials are extremes (infinite
+    # crowding). The probe arrives last and is the best on two objectives (density 0, the fewest
+    # parameters); by arrival alone the pad prompt (the best on none) went on and the probe stopped.
+    rows = np.array([[0.60, 1.00, 842.0],    # LoR-VP: the most accurate
+                     [0.44, 0.23, 1046.0],   # LoRSP: inside the front
+                     [0.52, 0.75, 1226.0],   # pad: the largest
+                     [0.22, 0.00, 650.0]])   # the linear probe
+    assert int(np.isinf(crowding_distance(rows)).sum()) == 3
+    assert promotion_order(rows, MODES, BOUNDS) == [3, 0, 2, 1]
+    assert survives(rows, 3, MODES, BOUNDS, 2) and not survives(rows, 2, MODES, BOUNDS, 2)
