@@ -133,6 +133,7 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace, bounds: tupl
         trials, epochs = zip(*(curves(r, ref, box, grid) for r in mine))
         fronts = [d for d in (final_front_density(r) for r in mine) if d is not None]
         per[arm] = {"by_trial": np.array(trials), "by_epoch": np.array(epochs),
+                    "spent": np.array([sum(t["epochs"] for t in r["trials"]) for r in mine]),
                     "final": np.array([t[-1] for t in trials]),
                     "epochs_spent": float(np.mean([sum(t["epochs"] for t in r["trials"]) for r in mine])),
                     "density": (float(np.mean([d[0] for d in fronts])), float(np.mean([d[1] for d in fronts])))
@@ -148,17 +149,32 @@ def summarise(runs: list[dict[str, Any]], args: argparse.Namespace, bounds: tupl
         pval = (mannwhitneyu(final, per["random"]["final"], alternative="greater").pvalue
                 if arm != "random" and "random" in per else math.nan)
         density = f"{p['density'][0]:.3f} - {p['density'][1]:.3f}" if p["density"] else "-"
+        paired = _against_tpe(p, per.get("tpe"))
         rows.append([arm, f"{final.mean():.4f} ± {sem:.4f}", _frac(reach_t), _frac(reach_e),
-                     f"{p['epochs_spent']:.0f} / {budget}", "-" if math.isnan(pval) else f"{pval:.3f}", density])
+                     f"{p['epochs_spent']:.0f} / {budget}", "-" if math.isnan(pval) else f"{pval:.3f}", density,
+                     paired])
         table[arm] = {"final_mean": float(final.mean()), "final_sem": sem, "finals": final.tolist(),
                       "reach_trials": reach_t, "reach_epochs": reach_e, "epochs_spent": p["epochs_spent"],
                       "p_vs_random": pval, "front_density": p["density"]}
     print(U.table(["arm", "final HV (mean ± s.e.)", "trials to random's final", "trial-epochs to random's final",
-                   "trial-epochs spent", "p (U test > random)", "front density (min - max)"], rows,
+                   "trial-epochs spent", "p (U test > random)", "front density (min - max)",
+                   "HV - tpe's at equal trial-epochs (seeds ahead)"], rows,
                   title=f"Search efficiency on {args.space.name}: {len(runs) // len(arms)} seeds x "
                         f"{args.trials} trials x {args.epochs} epochs, {args.concurrent} at a time; normalised "
                         f"hypervolume w.r.t. val_acc 0, density 1, {bounds[1]:.0f} params"))
     return {"table": table, "per": per, "grid": grid}
+
+
+def _against_tpe(arm: dict[str, Any], tpe: dict[str, Any] | None) -> str:
+    """Seed by seed, the arm's final hypervolume minus TPE's (no early stopping) after as many
+    trial-epochs as the arm spent: where early stopping pays, this is positive."""
+    if tpe is None or arm is tpe or len(tpe["by_epoch"]) != len(arm["final"]):
+        return "-"
+    width = tpe["by_epoch"].shape[1]
+    same = np.array([curve[min(int(e), width) - 1] for curve, e in zip(tpe["by_epoch"], arm["spent"])])
+    diff = arm["final"] - same
+    sem = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+    return f"{diff.mean():+.3f} ± {sem:.3f} ({int((diff > 0).sum())}/{len(diff)})"
 
 
 def _frac(value: float | None) -> str:
