@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lorsp.config import StudyConfig  # noqa: E402
-from lorsp.edges import describe, range_edges  # noqa: E402
+from lorsp.edges import describe, method_of, range_edges  # noqa: E402
 from lorsp.pareto import TrialRecord  # noqa: E402
 from lorsp.search import open_stored_study, trial_records  # noqa: E402
 
@@ -35,7 +35,7 @@ COLUMNS = ("val_acc", "test_acc", "prompt_density")
 
 def group_of(study: StudyConfig, record: TrialRecord) -> str:
     """The method, and LoRSP's reading where the study balances it (each is a budget of its own)."""
-    method = str(record.params.get("method", study.prompt.method))
+    method = method_of(study, record)
     mode = record.params.get("lorsp_mode")
     return f"{method} ({mode})" if method == "lorsp" and mode is not None else method
 

@@ -241,7 +241,6 @@ def record_in_mlflow(study: StudyConfig, confirmations: list[Confirmation], file
 def confirm(name: str, *, seeds: int = 5, top: int | None = None, storage: str | None = None,
             root: str | None = None, tracking: str | None = None, address: str | None = None,
             out: str | None = None) -> list[Confirmation]:
-    from lorsp.layout import OPTUNA_DB
     from lorsp.lease import StudyLease
     from lorsp.report import write_table
     from lorsp.search import engine_kwargs, existing_study, open_stored_study, trial_records
@@ -249,7 +248,7 @@ def confirm(name: str, *, seeds: int = 5, top: int | None = None, storage: str |
     if seeds < 2:
         raise ConfigError(f"--seeds {seeds}: an interval needs at least 2 seeds")
     study, opened, root_path = open_stored_study(name, storage, root)
-    uri = storage or f"sqlite:///{root_path / OPTUNA_DB}"  # the database open_stored_study opened
+    uri = opened.url  # the database open_stored_study opened
     # The study's driver lease: a front still being searched is not the one to confirm, and two
     # confirmations of one study would train the same seeds twice.
     with StudyLease(uri, study.name, engine_kwargs(uri)):

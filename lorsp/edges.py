@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from lorsp.config import SpaceParam, StudyConfig
+from lorsp.metrics import is_finite_number
 from lorsp.pareto import TrialRecord
 
 TOLERANCE = 0.05
@@ -66,7 +66,8 @@ def edge_of(knob: SpaceParam, value: float, tolerance: float = TOLERANCE) -> str
     return "high" if position >= 1 - tolerance else None
 
 
-def _method_of(study: StudyConfig, record: TrialRecord) -> str:
+def method_of(study: StudyConfig, record: TrialRecord) -> str:
+    """The method a trial ran: its sampled `method`, else the study's fixed one."""
     return str(record.params.get("method", study.prompt.method))
 
 
@@ -77,8 +78,8 @@ def range_edges(study: StudyConfig, records: Sequence[TrialRecord], *, metric: s
     at the same edge (one trial at an edge may be noise; all of them is a range to widen)."""
     by_method: dict[str, list[TrialRecord]] = {}
     for record in records:
-        if record.state == "COMPLETE" and _finite(record.values.get(metric)):
-            by_method.setdefault(_method_of(study, record), []).append(record)
+        if record.state == "COMPLETE" and is_finite_number(record.values.get(metric)):
+            by_method.setdefault(method_of(study, record), []).append(record)
     checks = []
     for method, trials in by_method.items():
         ranked = sorted(trials, key=lambda r: (-r.values[metric], r.number))[:top]
@@ -109,7 +110,3 @@ def describe(checks: Sequence[EdgeCheck]) -> list[str]:
 
 def _num(value: float) -> str:
     return f"{value:.4g}"
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -16,8 +16,9 @@ code that copies metrics out of a result should use :func:`reported` to include 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Mode = Literal["max", "min"]
 Split = Literal["train", "val", "test", "model", "run"]
@@ -168,6 +169,12 @@ def reported(result: dict[str, object], *, per_epoch: bool | None = None) -> lis
 def metric(name: str) -> Metric:
     """The registry entry of `name`; KeyError for a name that is not a metric."""
     return METRICS[name]
+
+
+def is_finite_number(value: Any) -> bool:
+    """A reported metric value that can be stored and compared: a real number, not NaN or infinite
+    (a bool is not a metric value, though Python counts it an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_bounded(name: str) -> bool:

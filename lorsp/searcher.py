@@ -15,7 +15,6 @@ storage is named here by the public storage methods (:func:`lorsp.search.storage
 
 from __future__ import annotations
 
-import math
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from lorsp.config import StudyConfig
-from lorsp.metrics import reported
+from lorsp.metrics import is_finite_number, reported
 from lorsp.outcome import ERROR_KEY, Outcome, outcome_of
 from lorsp.samplers import create_sampler
 from lorsp.search import (
@@ -127,13 +126,13 @@ class StudySearcher(Searcher):
         values = None
         if outcome.state == "COMPLETE":
             values = [result.get(m) for m in self._objectives]
-            bad = [m for m, v in zip(self._objectives, values) if not _finite(v)]
+            bad = [m for m, v in zip(self._objectives, values) if not is_finite_number(v)]
             if bad:
                 outcome = Outcome("FAIL", outcome.epochs, f"objective {', '.join(bad)} missing or not finite")
                 values = None
         attrs: dict[str, Any] = {EPOCHS_DONE: outcome.epochs}
         attrs.update({METRICS_PREFIX + name: float(result[name]) for name in reported(result)
-                      if _finite(result.get(name))})
+                      if is_finite_number(result.get(name))})
         if result.get(CHECKPOINT):
             attrs[CHECKPOINT] = str(result[CHECKPOINT])
         if outcome.error:
@@ -188,7 +187,3 @@ class StudySearcher(Searcher):
                     searcher.record_checkpoint(trial.trial_id, result[CHECKPOINT], result.get("epoch"))
 
         return CheckpointPath()
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -168,6 +168,17 @@ class EvalConfig(_Section):
 
 #: The keys each knob type accepts besides `type`. A key of another type (numeric bounds on a
 
+def _selectable_metric(section: Any, where: str) -> Any:
+    """Refuse a `metric` that cannot be selected on (named at `where`); a missing `mode` becomes the
+    metric's own direction."""
+    problem = selection_error(section.metric, where)
+    if problem:
+        raise ValueError(problem)
+    if section.mode is None:
+        section.mode = METRICS[section.metric].mode
+    return section
+
+
 class Objective(_Section):
     """One objective of the search; `mode` defaults to the metric's natural direction."""
 
@@ -176,12 +187,7 @@ class Objective(_Section):
 
     @model_validator(mode="after")
     def _selectable(self) -> Objective:
-        problem = selection_error(self.metric, "objectives.metric")
-        if problem:
-            raise ValueError(problem)
-        if self.mode is None:
-            self.mode = METRICS[self.metric].mode
-        return self
+        return _selectable_metric(self, "objectives.metric")
 
 
 class SchedulerConfig(_Section):
@@ -197,12 +203,7 @@ class SchedulerConfig(_Section):
 
     @model_validator(mode="after")
     def _selectable(self) -> SchedulerConfig:
-        problem = selection_error(self.metric, "search.scheduler.metric")
-        if problem:
-            raise ValueError(problem)
-        if self.mode is None:
-            self.mode = METRICS[self.metric].mode
-        return self
+        return _selectable_metric(self, "search.scheduler.metric")
 
     def stop_epochs(self, epochs: int) -> tuple[int, ...]:
         """Epochs after which this scheduler may stop a trial of `epochs` epochs, so that a trial
